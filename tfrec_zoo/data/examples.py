@@ -1,0 +1,217 @@
+"""Turning DataFrame columns into tf.train.Example records, with the checks that make bad input fail loudly.
+
+Column conventions (one row = one example): id/domain/dense/label -> a scalar; multi_hot -> a list (its `weights`
+column a list of floats of the same length); vector -> `dim` floats; sequence -> one list column per field, all of
+one length per row (a vector field holds a list of `dim`-float vectors). Text features are encoded to vectors before
+they get here (see `writer.encode_text_features`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from ..features.spec import (
+    DenseFeature, FeatureSpec, FeatureSpecError, LabelFeature, MultiHotFeature, SequenceFeature, TextFeature,
+    VectorFeature, _Categorical,
+)
+
+# `tensorflow` is imported lazily: building examples only needs the protobuf classes.
+_pb = None
+
+
+def _example_pb():
+    global _pb
+    if _pb is None:
+        from tensorflow.core.example import example_pb2, feature_pb2
+        _pb = (example_pb2, feature_pb2)
+    return _pb
+
+
+def _data_error(source: str, feature: str, row: Any, problem: str, fix: str) -> FeatureSpecError:
+    where = f"feature {feature!r}" + (f", record {row}" if row is not None else "")
+    return FeatureSpecError(source, where, problem, fix)
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _as_list(v: Any) -> list:
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (list, tuple)):
+        return list(v)
+    if _is_missing(v):
+        return []
+    raise TypeError(type(v).__name__)
+
+
+def _convert_scalar(col: pd.Series, dtype: str, name: str, source: str) -> list:
+    for i, v in enumerate(col):
+        if _is_missing(v):
+            raise _data_error(source, name, i, "value is missing", "fill it or drop the record")
+    if dtype == "int64":
+        try:
+            arr = col.to_numpy()
+            if arr.dtype.kind in "iub":
+                return arr.astype(np.int64).tolist()
+            out = []
+            for i, v in enumerate(arr):
+                if isinstance(v, (float, np.floating)) and not float(v).is_integer():
+                    raise ValueError(i)
+                out.append(int(v))
+            return out
+        except (ValueError, TypeError) as e:
+            i = e.args[0] if e.args and isinstance(e.args[0], int) else next(
+                (j for j, v in enumerate(col) if not _int_like(v)), None)
+            raise _data_error(source, name, i, f"expected an int64 id, got {col.iloc[i]!r}" if i is not None else
+                              "expected int64 ids", "declare `dtype: string` for non-numeric ids, or fix the value") from None
+    if dtype == "string":
+        return [str(v) for v in col]
+    try:
+        return col.to_numpy(dtype=np.float64).tolist()
+    except (ValueError, TypeError):
+        i = next(j for j, v in enumerate(col) if not _float_like(v))
+        raise _data_error(source, name, i, f"expected a number, got {col.iloc[i]!r}", "fix or drop the record") from None
+
+
+def _int_like(v: Any) -> bool:
+    try:
+        return float(v).is_integer()
+    except (TypeError, ValueError):
+        return False
+
+
+def _float_like(v: Any) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _convert_list(col: pd.Series, dtype: str, name: str, source: str, width: int = 1) -> list[list]:
+    """Each row -> a flat python list; `width` > 1 flattens vectors (each step must have `width` floats)."""
+    out = []
+    for i, v in enumerate(col):
+        try:
+            items = _as_list(v)
+        except TypeError as e:
+            raise _data_error(source, name, i, f"expected a list, got {e}", "give a list per record") from None
+        if width > 1:
+            flat = []
+            for step in items:
+                step = _as_list(step) if not isinstance(step, (int, float)) else [step]
+                if len(step) != width:
+                    raise _data_error(source, name, i, f"a step has {len(step)} floats, the spec says dim {width}",
+                                      "make every vector the declared `dim` or fix `dim` in the spec")
+                flat.extend(step)
+            items = flat
+        try:
+            if dtype == "int64":
+                items = [int(x) if _int_like(x) else _raise(x) for x in items]
+            elif dtype == "string":
+                items = [str(x) for x in items]
+            else:
+                items = [float(x) for x in items]
+        except (ValueError, TypeError):
+            raise _data_error(source, name, i, f"expected {dtype} values, got {items[:5]!r}",
+                              "fix the values or the spec's dtype") from None
+        out.append(items)
+    return out
+
+
+def _raise(x):
+    raise ValueError(x)
+
+
+def _vector_column(col: pd.Series, dim: int, name: str, source: str) -> list[list]:
+    out = []
+    for i, v in enumerate(col):
+        try:
+            items = _as_list(v)
+        except TypeError:
+            raise _data_error(source, name, i, f"expected {dim} floats, got {type(v).__name__}",
+                              "give one list/array of floats per record") from None
+        if len(items) != dim:
+            raise _data_error(source, name, i, f"vector has {len(items)} floats, the spec says dim {dim}",
+                              f"make every vector {dim} long or set `dim: {len(items)}` in the spec")
+        out.append([float(x) for x in items])
+    return out
+
+
+def columns_for_examples(df: pd.DataFrame, spec: FeatureSpec, source: str) -> dict[str, tuple[str, list]]:
+    """Validate `df` against `spec`; return {column: (proto kind, per-row values)} ready to serialise."""
+    def need(col: str, feature: str):
+        if col not in df.columns:
+            raise _data_error(source, feature, None, f"column {col!r} is missing from the data",
+                              f"add it (the data has: {', '.join(map(str, df.columns[:30]))})")
+        return df[col]
+
+    kinds = {"int64": "int64", "string": "bytes"}
+    cols: dict[str, tuple[str, list]] = {}
+    for f in spec.features:
+        if isinstance(f, MultiHotFeature):
+            cols[f.name] = (kinds[f.dtype], _convert_list(need(f.name, f.name), f.dtype, f.name, source))
+            if f.weights:
+                w = _convert_list(need(f.weights, f.name), "float", f.weights, source)
+                for i, (a, b) in enumerate(zip(cols[f.name][1], w)):
+                    if len(a) != len(b):
+                        raise _data_error(source, f.weights, i, f"{len(b)} weights for {len(a)} ids",
+                                          "give one weight per id")
+                cols[f.weights] = ("float", w)
+        elif isinstance(f, _Categorical):
+            cols[f.name] = (kinds[f.dtype], _convert_scalar(need(f.name, f.name), f.dtype, f.name, source))
+        elif isinstance(f, (DenseFeature, LabelFeature)):
+            cols[f.name] = ("float", _convert_scalar(need(f.name, f.name), "float", f.name, source))
+        elif isinstance(f, (VectorFeature, TextFeature)):
+            cols[f.name] = ("float", _vector_column(need(f.name, f.name), f.dim, f.name, source))
+        elif isinstance(f, SequenceFeature):
+            lengths = None
+            for sf in f.fields:
+                dtype = sf.dtype if sf.kind == "id" else "float"
+                width = sf.dim if sf.kind == "vector" else 1
+                values = _convert_list(need(sf.name, sf.name), dtype, sf.name, source, width)
+                lens = [len(v) // width for v in values]
+                if lengths is None:
+                    lengths, first = lens, sf.name
+                else:
+                    for i, (a, b) in enumerate(zip(lengths, lens)):
+                        if a != b:
+                            raise _data_error(source, sf.name, i, f"{b} steps while {first!r} has {a}",
+                                              "give every field of a sequence the same number of steps")
+                # keep the most recent max_len steps (sequences are stored oldest first)
+                keep = f.max_len * width
+                values = [v[-keep:] if len(v) > keep else v for v in values]
+                cols[sf.name] = (kinds.get(dtype, "float"), values)
+    return cols
+
+
+def serialize_rows(cols: dict[str, tuple[str, list]], n: int) -> Callable[[int], bytes]:
+    """Return row -> serialized tf.train.Example."""
+    example_pb2, feature_pb2 = _example_pb()
+    Int64List, FloatList, BytesList = feature_pb2.Int64List, feature_pb2.FloatList, feature_pb2.BytesList
+    items = list(cols.items())
+
+    def one(i: int) -> bytes:
+        ex = example_pb2.Example()
+        fmap = ex.features.feature
+        for name, (kind, values) in items:
+            v = values[i]
+            if kind == "int64":
+                fmap[name].int64_list.value.extend(v if isinstance(v, list) else [v])
+            elif kind == "bytes":
+                vals = v if isinstance(v, list) else [v]
+                fmap[name].bytes_list.value.extend([s.encode() for s in vals])
+            else:
+                fmap[name].float_list.value.extend(v if isinstance(v, list) else [v])
+            if isinstance(v, list) and not v:  # an empty list must still say which list it is
+                getattr(fmap[name], {"int64": "int64_list", "bytes": "bytes_list", "float": "float_list"}[kind]
+                        ).SetInParent()
+        return ex.SerializeToString()
+
+    del Int64List, FloatList, BytesList
+    return one

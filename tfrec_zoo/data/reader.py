@@ -1,0 +1,176 @@
+"""Read tfrec_zoo TFRecords into tf.data: batch first, then one `parse_example` per batch.
+
+Measured on 2 cores (see benchmarks/pipeline.py): one reader + batch + vectorised parse + prefetch beats
+interleave / parallel reads, which oversubscribe two cores. Each batch is a tuple
+`(features, labels)` or `(features, labels, sample_weights)` when a label has a `mask`:
+
+* id / domain / dense / label -> [B]; vector / text -> [B, dim]
+* multi_hot -> [B, max_len] (padded) + `<name>_len` [B] (+ its weights [B, max_len])
+* sequence -> each field [B, max_len] (vector fields [B, max_len, dim]), oldest step first, padded at the end,
+  + `<name>_len` [B]; the mask is `tf.sequence_mask(len, max_len)`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..features.artifacts import ARTIFACTS_DIR, Artifacts
+from ..features.spec import (
+    DenseFeature, FeatureSpec, LabelFeature, MultiHotFeature, SequenceFeature, TextFeature, VectorFeature,
+    _Categorical, load_spec,
+)
+from .writer import MANIFEST
+
+
+def _tf():
+    from .._tf import tf
+    return tf
+
+
+def _id_dtype(tf, dtype: str):
+    return tf.int64 if dtype == "int64" else tf.string
+
+
+def parse_spec_features(spec: FeatureSpec) -> dict:
+    """The `tf.io.parse_example` description of a spec's records."""
+    tf = _tf()
+    desc = {}
+    for f in spec.features:
+        if isinstance(f, MultiHotFeature):
+            desc[f.name] = tf.io.RaggedFeature(_id_dtype(tf, f.dtype))
+            if f.weights:
+                desc[f.weights] = tf.io.RaggedFeature(tf.float32)
+        elif isinstance(f, _Categorical):
+            desc[f.name] = tf.io.FixedLenFeature([], _id_dtype(tf, f.dtype))
+        elif isinstance(f, (DenseFeature, LabelFeature)):
+            desc[f.name] = tf.io.FixedLenFeature([], tf.float32)
+        elif isinstance(f, (VectorFeature, TextFeature)):
+            desc[f.name] = tf.io.FixedLenFeature([f.dim], tf.float32)
+        elif isinstance(f, SequenceFeature):
+            for sf in f.fields:
+                dtype = _id_dtype(tf, sf.dtype) if sf.kind == "id" else tf.float32
+                desc[sf.name] = tf.io.RaggedFeature(dtype)
+    return desc
+
+
+def _pad(tf, rt, max_len: int, pad_value, width: int = 1):
+    """Ragged [B, (n*width)] -> dense [B, max_len(, width)] keeping the last max_len steps, and lengths [B]."""
+    if width > 1:
+        rt = tf.RaggedTensor.from_row_lengths(tf.reshape(rt.values, [-1, width]), rt.row_lengths() // width)
+    lengths = rt.row_lengths()
+    start = tf.maximum(lengths - max_len, 0)
+    # keep the most recent steps: drop `start` leading values of each row
+    rt = tf.RaggedTensor.from_row_lengths(
+        tf.gather(rt.flat_values if width == 1 else rt.values, _keep_index(tf, rt.row_starts(), start, lengths)),
+        lengths - start)
+    shape = [None, max_len] + ([width] if width > 1 else [])
+    dense = rt.to_tensor(default_value=pad_value, shape=shape)
+    return dense, tf.cast(lengths - start, tf.int32)
+
+
+def _keep_index(tf, row_starts, drop, lengths):
+    keep = lengths - drop
+    rows = tf.repeat(tf.range(tf.size(keep, out_type=tf.int64)), keep)
+    offsets = tf.range(tf.reduce_sum(keep)) - tf.repeat(tf.cumsum(keep, exclusive=True), keep)
+    return tf.gather(row_starts + drop, rows) + offsets
+
+
+def parse_batch(spec: FeatureSpec, serialized, with_weights: bool | None = None):
+    """Parse a batch of serialized tf.Example into (features, labels[, weights]) as described above."""
+    tf = _tf()
+    raw = tf.io.parse_example(serialized, parse_spec_features(spec))
+    feats, labels, weights = {}, {}, {}
+    for f in spec.features:
+        if isinstance(f, MultiHotFeature):
+            pad = "" if f.dtype == "string" else 0
+            feats[f.name], feats[f.length_name] = _pad(tf, raw[f.name], f.max_len, pad)
+            if f.weights:
+                feats[f.weights], _ = _pad(tf, raw[f.weights], f.max_len, 0.0)
+        elif isinstance(f, SequenceFeature):
+            length = None
+            for sf in f.fields:
+                width = sf.dim if sf.kind == "vector" else 1
+                pad = sf.pad_value if sf.kind == "id" else float(sf.pad_value)
+                feats[sf.name], length = _pad(tf, raw[sf.name], f.max_len, pad, width)
+            feats[f.length_name] = length
+        elif isinstance(f, LabelFeature):
+            labels[f.task] = raw[f.name]
+        else:
+            feats[f.name] = raw[f.name]
+    masked = [lab for lab in spec.labels if lab.mask]
+    if with_weights is None:
+        with_weights = bool(masked)
+    if not with_weights:
+        return feats, labels
+    by_name = {lab.name: lab for lab in spec.labels}
+    for lab in spec.labels:
+        if lab.mask:
+            src = by_name[lab.mask].task if lab.mask in by_name else lab.mask
+            weights[lab.task] = labels[src] if lab.mask in by_name else tf.cast(feats[lab.mask], tf.float32)
+        else:
+            weights[lab.task] = tf.ones_like(labels[lab.task])
+    return feats, labels, weights
+
+
+def make_dataset(spec: FeatureSpec, files: Sequence[str | Path], batch_size: int, *, shuffle_buffer: int = 0,
+                 seed: int | None = None, repeat: bool = False, drop_remainder: bool = False,
+                 compression: str | None = None, prefetch: int | None = None, cache: bool = False):
+    """A tf.data pipeline over `files` yielding parsed batches (see the module docstring)."""
+    tf = _tf()
+    files = [str(f) for f in files]
+    if not files:
+        raise ValueError("make_dataset: no files given")
+    for f in files:
+        if not tf.io.gfile.exists(f):
+            raise FileNotFoundError(f"make_dataset: {f} does not exist")
+    if compression is None:
+        compression = "GZIP" if files[0].endswith(".gz") else ""
+    ds = tf.data.TFRecordDataset(files, compression_type=compression, buffer_size=8 << 20)
+    if cache:
+        ds = ds.cache()
+    if shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(lambda s: parse_batch(spec, s), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(prefetch if prefetch is not None else tf.data.AUTOTUNE)
+
+
+@dataclass
+class DatasetDir:
+    """A written dataset directory: its spec, artifacts, manifest and per-split files."""
+
+    path: Path
+    spec: FeatureSpec
+    artifacts: Artifacts
+    manifest: dict
+
+    def files(self, split: str) -> list[Path]:
+        if split not in self.manifest["splits"]:
+            raise KeyError(f"{self.path}: no split {split!r}; splits: {sorted(self.manifest['splits'])}")
+        return [self.path / s["file"] for s in self.manifest["splits"][split]["shards"]]
+
+    def rows(self, split: str) -> int:
+        return int(self.manifest["splits"][split]["rows"])
+
+    def dataset(self, split: str, batch_size: int, **kw):
+        return make_dataset(self.spec, self.files(split), batch_size,
+                            compression=self.manifest.get("compression", "GZIP"), **kw)
+
+
+def open_dataset(path: str | Path) -> DatasetDir:
+    """Open a directory written by `write_dataset`; fails with a clear message if it is not one."""
+    path = Path(path)
+    mf = path / MANIFEST
+    if not mf.exists():
+        raise FileNotFoundError(f"{path}: no {MANIFEST}; not a tfrec_zoo dataset (or its build was interrupted). "
+                                "Build it with `tfrec-zoo data build NAME` or `tfrec-zoo data write`.")
+    manifest = json.loads(mf.read_text())
+    spec = load_spec(path / "spec.yaml")
+    if spec.fingerprint != manifest["spec_fingerprint"]:
+        raise ValueError(f"{path}/spec.yaml does not match the manifest's spec fingerprint: the directory was edited "
+                         "by hand; rebuild the dataset")
+    return DatasetDir(path, spec, Artifacts.load(path / ARTIFACTS_DIR, spec), manifest)

@@ -1,0 +1,149 @@
+"""Write a dataset: DataFrames per split -> sharded, compressed TFRecord files + artifacts + manifest.
+
+Layout of a dataset directory:
+
+    DIR/manifest.json            rows per shard, the spec's fingerprint, the source
+    DIR/spec.yaml                the spec the data was written with
+    DIR/artifacts/vocab/*.txt    vocabularies (training split only)
+    DIR/artifacts/stats.json     dense statistics (training split only)
+    DIR/<split>/part-00000-of-00004.tfrecord.gz
+
+Everything is written into `DIR.tmp-*` and renamed at the end, so an interrupted build never leaves a directory
+that looks complete; an existing DIR is replaced only after the new one is whole.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .. import __version__
+from ..features.artifacts import ARTIFACTS_DIR, Artifacts, fit_artifacts
+from ..features.spec import FeatureSpec, FeatureSpecError, TextFeature
+from .examples import columns_for_examples, serialize_rows
+
+MANIFEST = "manifest.json"
+FORMAT = "tfrec_zoo.dataset/1"
+SPLIT_ORDER = ("train", "valid", "test")
+
+
+def encode_text_features(splits: Mapping[str, pd.DataFrame], spec: FeatureSpec,
+                         get_encoder: Callable[[str], Any] | None = None) -> dict[str, pd.DataFrame]:
+    """Replace each `text` feature's raw strings by its encoder's vectors (unique strings are encoded once)."""
+    texts = spec.of_kind("text")
+    if not texts:
+        return dict(splits)
+    if get_encoder is None:
+        from ..text import get_encoder
+    out = {k: v.copy() for k, v in splits.items()}
+    for f in texts:
+        assert isinstance(f, TextFeature)
+        col = f.source or f.name
+        for split, df in out.items():
+            if col not in df.columns:
+                raise FeatureSpecError(spec.source, f"feature {f.name!r}", f"text column {col!r} missing in split {split!r}",
+                                       "add the column with the raw strings")
+        uniq = sorted({str(s) for df in out.values() for s in df[col].fillna("")})
+        encoder = get_encoder(f.encoder)
+        if encoder.dim != f.dim:
+            raise FeatureSpecError(spec.source, f"feature {f.name!r}.dim", f"encoder {f.encoder} gives {encoder.dim} "
+                                   f"floats, the spec says {f.dim}", f"set `dim: {encoder.dim}`")
+        vecs = np.asarray(encoder.encode(uniq), dtype=np.float32)
+        index = {s: i for i, s in enumerate(uniq)}
+        for df in out.values():
+            df[f.name] = [vecs[index[str(s)]] for s in df[col].fillna("")]
+    return out
+
+
+def _shard_files(split: str, n_rows: int, rows_per_shard: int, suffix: str) -> list[str]:
+    n = max(1, -(-n_rows // rows_per_shard))
+    return [f"{split}/part-{i:05d}-of-{n:05d}.tfrecord{suffix}" for i in range(n)]
+
+
+def write_split(df: pd.DataFrame, spec: FeatureSpec, root: Path, split: str, *, source: str,
+                rows_per_shard: int = 200_000, compression: str = "GZIP", progress: bool = True) -> list[dict]:
+    """Validate and write one split's rows; return [{file, rows}] per shard."""
+    import tensorflow as tf
+
+    cols = columns_for_examples(df.reset_index(drop=True), spec, f"{source} [{split}]")
+    n = len(df)
+    suffix = ".gz" if compression == "GZIP" else ""
+    files = _shard_files(split, n, rows_per_shard, suffix)
+    (root / split).mkdir(parents=True, exist_ok=True)
+    one = serialize_rows(cols, n)
+    bar = _progress(n, f"write {split}", progress)
+    shards, start = [], 0
+    options = tf.io.TFRecordOptions(compression_type=compression or "")
+    for k, rel in enumerate(files):
+        stop = n if k == len(files) - 1 else start + rows_per_shard
+        with tf.io.TFRecordWriter(str(root / rel), options=options) as w:
+            for i in range(start, stop):
+                w.write(one(i))
+                if bar is not None and (i & 1023) == 0:
+                    bar.update(min(1024, stop - i))
+        shards.append({"file": rel, "rows": stop - start})
+        start = stop
+    if bar is not None:
+        bar.n = n
+        bar.close()
+    return shards
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled or total < 5000:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="row", file=sys.stderr, mininterval=1.0)
+
+
+def write_dataset(splits: Mapping[str, pd.DataFrame], spec: FeatureSpec, out_dir: str | Path, *, source: str,
+                  artifacts: Artifacts | None = None, rows_per_shard: int = 200_000, compression: str = "GZIP",
+                  get_encoder: Callable[[str], Any] | None = None, extra: Mapping[str, Any] | None = None,
+                  progress: bool = True) -> dict:
+    """Write all splits atomically. Artifacts are fitted on `splits['train']` unless given. Returns the manifest."""
+    if "train" not in splits:
+        raise ValueError(f"write_dataset needs a 'train' split (got {sorted(splits)}): vocabularies come from it")
+    if compression not in ("GZIP", "ZLIB", ""):
+        raise ValueError(f"compression must be GZIP, ZLIB or '' (none), got {compression!r}")
+    out_dir = Path(out_dir)
+    splits = encode_text_features(splits, spec, get_encoder)
+    if artifacts is None:
+        artifacts = fit_artifacts(spec, splits["train"])
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        manifest: dict[str, Any] = {
+            "format": FORMAT, "spec_name": spec.name, "spec_fingerprint": spec.fingerprint, "source": source,
+            "written_by": f"tfrec_zoo {__version__}", "compression": compression, "splits": {},
+            "extra": dict(extra or {}),
+        }
+        for split in sorted(splits, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else 9, s)):
+            shards = write_split(splits[split], spec, tmp, split, source=source, rows_per_shard=rows_per_shard,
+                                 compression=compression, progress=progress)
+            manifest["splits"][split] = {"rows": sum(s["rows"] for s in shards), "shards": shards}
+        artifacts.save(tmp / ARTIFACTS_DIR)
+        (tmp / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    if target.exists():
+        old = target.with_name(f"{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)

@@ -68,13 +68,11 @@ def _shard_files(split: str, n_rows: int, rows_per_shard: int, suffix: str) -> l
     return [f"{split}/part-{i:05d}-of-{n:05d}.tfrecord{suffix}" for i in range(n)]
 
 
-def write_split(df: pd.DataFrame, spec: FeatureSpec, root: Path, split: str, *, source: str,
-                rows_per_shard: int = 200_000, compression: str = "GZIP", progress: bool = True) -> list[dict]:
-    """Validate and write one split's rows; return [{file, rows}] per shard."""
+def write_split(cols: dict, n: int, root: Path, split: str, *, rows_per_shard: int = 200_000,
+                compression: str = "GZIP", progress: bool = True) -> list[dict]:
+    """Write one split's validated columns (see `columns_for_examples`); return [{file, rows}] per shard."""
     import tensorflow as tf
 
-    cols = columns_for_examples(df.reset_index(drop=True), spec, f"{source} [{split}]")
-    n = len(df)
     suffix = ".gz" if compression == "GZIP" else ""
     files = _shard_files(split, n, rows_per_shard, suffix)
     (root / split).mkdir(parents=True, exist_ok=True)
@@ -115,6 +113,9 @@ def write_dataset(splits: Mapping[str, pd.DataFrame], spec: FeatureSpec, out_dir
         raise ValueError(f"compression must be GZIP, ZLIB or '' (none), got {compression!r}")
     out_dir = Path(out_dir)
     splits = encode_text_features(splits, spec, get_encoder)
+    # validate every split before anything is fitted or written: bad input fails fast with its record index
+    columns = {name: columns_for_examples(df.reset_index(drop=True), spec, f"{source} [{name}]")
+               for name, df in splits.items()}
     if artifacts is None:
         artifacts = fit_artifacts(spec, splits["train"])
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +127,7 @@ def write_dataset(splits: Mapping[str, pd.DataFrame], spec: FeatureSpec, out_dir
             "extra": dict(extra or {}),
         }
         for split in sorted(splits, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else 9, s)):
-            shards = write_split(splits[split], spec, tmp, split, source=source, rows_per_shard=rows_per_shard,
+            shards = write_split(columns[split], len(splits[split]), tmp, split, rows_per_shard=rows_per_shard,
                                  compression=compression, progress=progress)
             manifest["splits"][split] = {"rows": sum(s["rows"] for s in shards), "shards": shards}
         artifacts.save(tmp / ARTIFACTS_DIR)

@@ -118,6 +118,12 @@ def _dense_stats(values: np.ndarray, num_buckets: int | None) -> dict[str, Any]:
     return out
 
 
+def _need(spec: FeatureSpec, train: pd.DataFrame, col: str) -> None:
+    if col not in train.columns:
+        raise FeatureSpecError(spec.source, f"feature {col!r}", f"column {col!r} is missing from the training data",
+                               f"add it (the data has: {', '.join(map(str, train.columns[:30]))})")
+
+
 def fit_artifacts(spec: FeatureSpec, train: pd.DataFrame) -> Artifacts:
     """Build vocabularies and dense statistics from the training split only."""
     vocabs: dict[str, list[Any]] = {}
@@ -127,9 +133,7 @@ def fit_artifacts(spec: FeatureSpec, train: pd.DataFrame) -> Artifacts:
             continue
         counts: Counter = Counter()
         for col in columns:
-            if col not in train.columns:
-                raise FeatureSpecError(spec.source, col, "column missing from the training data",
-                                       f"add column {col!r} to the input (columns: {list(train.columns)[:20]})")
+            _need(spec, train, col)
             vals = _flatten(train[col])
             counts.update(int(v) if cfg.dtype == "int64" else str(v) for v in vals)
         if cfg.dtype == "string":
@@ -140,9 +144,11 @@ def fit_artifacts(spec: FeatureSpec, train: pd.DataFrame) -> Artifacts:
     stats: dict[str, dict[str, Any]] = {}
     for f in spec.features:
         if isinstance(f, DenseFeature):
+            _need(spec, train, f.name)
             stats[f.name] = _dense_stats(np.asarray(train[f.name], dtype=np.float64), f.buckets)
         elif isinstance(f, SequenceFeature):
             for sf in f.fields:
                 if sf.kind == "dense":
+                    _need(spec, train, sf.name)
                     stats[sf.name] = _dense_stats(np.fromiter(_flatten(train[sf.name]), dtype=np.float64), None)
     return Artifacts(vocabs=vocabs, stats=stats)

@@ -548,10 +548,13 @@ def parse_spec(raw: Any, source: str = "<memory>") -> FeatureSpec:
     for i, fr in enumerate(raw_features):
         path = f"features[{i}]"
         feat = _parse_feature(ctx, fr, path)
-        paths.setdefault(feat.name, path)
+        named = [(feat.name, path)]
         if isinstance(feat, SequenceFeature):
-            for j, sf in enumerate(feat.fields):
-                paths.setdefault(sf.name, f"{path}.fields[{j}]")
+            named += [(sf.name, f"{path}.fields[{j}]") for j, sf in enumerate(feat.fields)]
+        for n, where in named:
+            if n in paths:
+                ctx.fail(where, f"duplicate name {n!r} (also at {paths[n]})", "give every feature and field a unique name")
+            paths[n] = where
         features.append(feat)
     spec = FeatureSpec(name=name, features=tuple(features), description=ctx.get(raw, "description", str, "", ""),
                        keys=dict(keys), source=source)

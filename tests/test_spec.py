@@ -89,7 +89,7 @@ def test_fingerprint_ignores_layout_and_roundtrips_through_yaml():
     (_with("features.9.mask", "view"), "features[9].mask", "not a feature"),
     (_with("features.3.embedding_dim", 4), "features[3].embedding_dim", "disagree"),
     (_with("features.0.hash_buckets", 100), "features[0].vocab", "both `vocab` and `hash_buckets`"),
-    (_with("keys.user", "uid"), "keys.user", "not a feature"),
+    (_with("keys.owner", "uid"), "keys.owner", "unknown role"),
     (_with("features.6.fields", []), "features[6].fields", "is empty"),
     (_with("features.6.fields.2.dtype", "string"), "features[6].fields[2].dtype", "applies to id fields"),
 ])

@@ -46,7 +46,7 @@ def coerce_list_columns(df: pd.DataFrame, spec: FeatureSpec, source: str) -> pd.
         elif isinstance(f, SequenceFeature):
             list_cols += [(sf.name, "|") for sf in f.fields]
     for col, sep in list_cols:
-        if col in df.columns and df[col].dtype == object:
+        if col in df.columns and (df[col].dtype == object or pd.api.types.is_string_dtype(df[col])):
             try:
                 df[col] = [_parse_list(v, sep) for v in df[col]]
             except json.JSONDecodeError as e:

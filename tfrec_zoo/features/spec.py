@@ -32,6 +32,7 @@ COMBINERS = ("mean", "sum", "sqrtn")
 NORMALIZATIONS = ("none", "zscore", "log1p", "minmax")
 LABEL_TYPES = ("binary", "multiclass", "regression")
 SEQUENCE_FIELD_KINDS = ("id", "dense", "vector")
+KEY_ROLES = ("user", "item", "time", "query")
 
 # Keras names layers it creates itself `dense`, `dense_1`, ...; an Input with such a name clashes in a functional model.
 _KERAS_AUTO_NAME = re.compile(
@@ -527,8 +528,12 @@ def _check_cross_references(ctx: _Ctx, spec: FeatureSpec, paths: dict[str, str])
     if len(set(tasks)) != len(tasks):
         ctx.fail("features", f"duplicate task names {tasks}", "give each label a distinct `task`")
     for role, col in spec.keys.items():
-        if col not in columns:
-            ctx.fail(f"keys.{role}", f"{col!r} is not a feature of this spec", f"name one of {', '.join(columns)}")
+        # keys name data columns by role (user, item, time); a time column may order histories without being
+        # a feature, so only the name's form is checked here and presence is checked against the data.
+        if role not in KEY_ROLES:
+            ctx.fail(f"keys.{role}", f"unknown role {role!r}", f"use {', '.join(KEY_ROLES)}")
+        if not _NAME.match(col):
+            ctx.fail(f"keys.{role}", f"{col!r} is not a column name", "use letters, digits and _")
 
 
 def parse_spec(raw: Any, source: str = "<memory>") -> FeatureSpec:

@@ -1,0 +1,114 @@
+"""The `tfrec-zoo` command line: spec validate/show, data write (rows or an interaction log), data check."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tfrec_zoo.data import open_dataset
+from training.cli import main
+
+LOG_SPEC = """
+name: clicks
+keys: {user: uid, item: item, time: ts}
+features:
+  - {name: uid, kind: id, dtype: string}
+  - {name: item, kind: id}
+  - {name: cats, kind: multi_hot, dtype: string, max_len: 3}
+  - {name: hist, kind: sequence, max_len: 3, fields: [{name: hist_item, source: item, shares_embedding_with: item}]}
+  - {name: clicked, kind: label}
+"""
+
+
+def run_cli(*args) -> tuple[int, str, str]:
+    """Run the real console entry point in a subprocess (what a user types)."""
+    p = subprocess.run([sys.executable, "-c", "import sys; from training.cli import main; sys.exit(main())", *args],
+                       capture_output=True, text=True, timeout=300)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_spec_validate_and_show(tmp_path: Path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(LOG_SPEC)
+    assert main(["spec", "validate", str(spec)]) == 0
+    assert "ok (4 input features, 1 labels" in capsys.readouterr().out
+    assert main(["spec", "show", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "hist     sequence   max_len=3 fields=hist_item:id" in out
+    assert "item<-item+hist_item" in out
+    spec.write_text(LOG_SPEC.replace("max_len: 3, fields", "max_len: -3, fields"))
+    assert main(["spec", "validate", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {spec}: features[3].max_len: must be > 0, got -3. Fix:" in err
+
+
+def test_data_write_builds_histories_from_a_log_and_check_passes(tmp_path: Path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(LOG_SPEC)
+    rng = np.random.default_rng(0)
+    n = 200
+    log = pd.DataFrame({
+        "uid": rng.choice(["ann", "bob", "cyd", "dan"], n), "item": rng.integers(1, 30, n), "ts": rng.permutation(n),
+        "cats": ["a|b", "c", "", "a|c|d|e"] * (n // 4), "clicked": rng.integers(0, 2, n),
+    })
+    csv = tmp_path / "log.csv"
+    log.to_csv(csv, index=False)
+    out = tmp_path / "ds"
+    code, stdout, stderr = run_cli("data", "write", "--spec", str(spec), "--input", str(csv), "--out", str(out),
+                                   "--split", "time", "--test-frac", "0.2", "--valid-frac", "0.1")
+    assert code == 0, stderr
+    assert "interaction log; building histories for hist" in stdout
+    d = open_dataset(out)
+    assert d.rows("train") + d.rows("valid") + d.rows("test") == n
+    # every history step is an earlier item of the same user
+    feats, _ = next(iter(d.dataset("test", 64)))
+    srt = log.sort_values(["uid", "ts"], kind="stable")
+    for u, item, hist, length in zip(feats["uid"].numpy(), feats["item"].numpy(), feats["hist_item"].numpy(),
+                                     feats["hist_len"].numpy()):
+        user_items = srt[srt.uid == u.decode()]["item"].tolist()
+        assert length == 3 and hist.tolist() in [user_items[i - 3:i] for i in range(3, len(user_items))
+                                                 if user_items[i] == item]
+    assert feats["cats"].shape[1] == 3
+    code, stdout, _ = run_cli("data", "check", str(out))
+    assert code == 0 and f"{n} records scanned, 0 problem(s)" in stdout
+
+
+def test_data_write_rejects_bad_rows_with_the_record(tmp_path: Path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(LOG_SPEC.replace("  - {name: hist, kind: sequence, max_len: 3, fields: [{name: hist_item, source: "
+                                     "item, shares_embedding_with: item}]}\n", ""))
+    csv = tmp_path / "rows.csv"
+    pd.DataFrame({"uid": ["a", "b"], "item": [1, "x7"], "ts": [1, 2], "cats": ["a", "b"],
+                  "clicked": [1, 0]}).to_csv(csv, index=False)
+    assert main(["data", "write", "--spec", str(spec), "--input", str(csv), "--out", str(tmp_path / "o"),
+                 "--split", "none"]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_data_check_reports_missing_manifest(tmp_path: Path, capsys):
+    assert main(["data", "check", str(tmp_path)]) == 1
+    assert "no manifest.json" in capsys.readouterr().out
+
+
+def test_data_list_names_every_builder(capsys):
+    assert main(["data", "list"]) == 0
+    assert "ml-latest-small" in capsys.readouterr().out
+
+
+def test_unknown_dataset_is_a_clear_error(capsys):
+    assert main(["data", "build", "no-such-data", "--out", "/tmp/never"]) == 2
+    assert "unknown dataset 'no-such-data'; known:" in capsys.readouterr().err
+
+
+def test_bad_json_list_cell_names_the_column(tmp_path: Path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(LOG_SPEC)
+    csv = tmp_path / "rows.csv"
+    pd.DataFrame({"uid": ["a"], "item": [1], "ts": [1], "cats": ["[1, 2"], "clicked": [1],
+                  "hist_item": ["[]"]}).to_csv(csv, index=False)
+    code = main(["data", "write", "--spec", str(spec), "--input", str(csv), "--out", str(tmp_path / "o"),
+                 "--split", "none"])
+    assert code == 2 and "column 'cats': a cell is not a valid JSON list" in capsys.readouterr().err

@@ -65,11 +65,21 @@ def _load_all() -> None:
 
 
 def build(name: str, out_dir: str | Path, *, raw_dir: str | Path | None = None, progress: bool = True,
-          get_encoder=None, log=print) -> dict:
-    """Build dataset `name` into `out_dir`; print and return the split summary (rows/users/items)."""
+          get_encoder=None, log=print, options: dict[str, Any] | None = None) -> dict:
+    """Build dataset `name` into `out_dir`; print and return the split summary (rows/users/items).
+
+    `options` are passed to the builder function as keywords (e.g. `max_users` for a quick deterministic subset).
+    """
     builder = get_builder(name)
     spec = load_spec(builder.spec_path)
-    built = builder.fn(spec, Path(raw_dir) if raw_dir else None)
+    import inspect
+
+    accepted = inspect.signature(builder.fn).parameters
+    for key in options or {}:
+        if key not in accepted:
+            raise ValueError(f"dataset {name!r} takes no option {key!r}; it takes: "
+                             f"{', '.join(k for k in accepted if k not in ('spec', 'raw_dir')) or 'none'}")
+    built = builder.fn(spec, Path(raw_dir) if raw_dir else None, **(options or {}))
     user, item = spec.keys.get("user"), spec.keys.get("item")
     summary = describe_splits(built.splits, user, item)
     manifest = write_dataset(built.splits, spec, out_dir, source=built.source, progress=progress,

@@ -55,9 +55,13 @@ def tag_queries(ratings: pd.DataFrame, tags: pd.DataFrame) -> pd.Series:
 
 @register("ml-latest-small", "MovieLens latest-small ratings (embedded in seeds/): CTR with histories",
           needs_shared=False)
-def build_ml_latest_small(spec: FeatureSpec, raw_dir: Path | None) -> Built:
+def build_ml_latest_small(spec: FeatureSpec, raw_dir: Path | None, *, max_users: int | None = None) -> Built:
+    """`max_users` keeps the first N users by id (a quick deterministic subset)."""
     raw = raw_dir or seeds_data_dir() / "ml-latest-small"
     ratings, movies, tags = read_movielens(raw)
+    if max_users is not None:
+        ratings = ratings[ratings["userId"].isin(sorted(ratings["userId"].unique())[:max_users])]
+        ratings = ratings.reset_index(drop=True)
     ratings = ratings.assign(query=tag_queries(ratings, tags).to_numpy())
     log = ratings.rename(columns={"userId": "user_id", "movieId": "movie_id"}).merge(
         movie_table(movies), on="movie_id", how="left", validate="many_to_one")
@@ -70,4 +74,5 @@ def build_ml_latest_small(spec: FeatureSpec, raw_dir: Path | None) -> Built:
     ranks = assign_splits(log, "user_id", "time", valid_frac=0.1, test_frac=0.1)
     log = attach_histories(log, spec, "user_id", ranks)
     return Built(split_frames(log, ranks), source=str(raw),
-                 extra={"split": "per-user time, last 10% test, previous 10% valid", "label": "rating >= 4"})
+                 extra={"split": "per-user time, last 10% test, previous 10% valid", "label": "rating >= 4",
+                        "max_users": max_users})

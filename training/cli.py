@@ -109,7 +109,10 @@ def _cmd_data_build(args) -> int:
     from tfrec_zoo.paths import default_data_dir
 
     out = Path(args.out) if args.out else default_data_dir() / args.name
-    build(args.name, out, raw_dir=args.raw)
+    options = {}
+    if args.max_users is not None:
+        options["max_users"] = args.max_users
+    build(args.name, out, raw_dir=args.raw, options=options)
     return 0
 
 
@@ -174,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("name")
     b.add_argument("--out")
     b.add_argument("--raw", help="the raw files' directory (default: seeds/ or ../shared/datasets)")
+    b.add_argument("--max-users", type=int, help="only the first N users by id (a quick deterministic subset)")
     b.set_defaults(fn=_cmd_data_build)
 
     ls = dp.add_parser("list", help="list the real datasets")

@@ -1,4 +1,6 @@
 """Reusable tf_keras layers (serialisable under the `tfrec_zoo` package name)."""
+from .attention import TargetAttention
 from .feature_layers import DenseTransform, LengthMask, MaskedPooling
+from .interaction import FMInteraction, MixtureOfExperts
 
-__all__ = ["DenseTransform", "LengthMask", "MaskedPooling"]
+__all__ = ["DenseTransform", "FMInteraction", "LengthMask", "MaskedPooling", "MixtureOfExperts", "TargetAttention"]

@@ -6,7 +6,9 @@
     tfrec-zoo data build NAME [--out DIR]   build a real dataset's TFRecords (default: data/NAME)
     tfrec-zoo data write --spec S --input F --out DIR [--split time|random|leave_one_out|none]
     tfrec-zoo data check DIR                scan a dataset and list every problem
-    tfrec-zoo demo                          build the embedded ml-latest-small dataset and summarise it
+    tfrec-zoo train EXP.yaml [--set k=v]    train a zoo model (a run directory under runs/)
+    tfrec-zoo evaluate RUN_DIR              re-evaluate a finished run
+    tfrec-zoo demo                          build ml-latest-small from seeds/, train DIN on it, print its metrics
 """
 from __future__ import annotations
 
@@ -125,6 +127,39 @@ def _cmd_data_list(args) -> int:
     return 0
 
 
+def _experiment_path(name: str) -> Path:
+    path = Path(name)
+    if path.exists():
+        return path
+    packaged = Path(__file__).parent / "experiments" / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if packaged.exists():
+        return packaged
+    raise FileNotFoundError(f"experiment {name!r} not found (neither a file nor one of training/experiments/)")
+
+
+def _cmd_train(args) -> int:
+    from training.experiment import load_experiment
+    from training.trainer import new_run_dir, train
+
+    exp = load_experiment(_experiment_path(args.experiment), args.set)
+    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(exp, args.runs_root)
+    print(f"[train] {exp.name}: model {exp.model} on {exp.dataset} -> {run_dir}")
+    result = train(exp, run_dir, verbose=2 if args.quiet else 1)
+    from training.evaluation import format_table
+
+    print(f"[train] {result.seconds:.1f}s; metrics ({run_dir}/metrics.json):")
+    print(format_table(result.metrics))
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from training.evaluation import format_table
+    from training.trainer import evaluate_run
+
+    print(format_table(evaluate_run(args.run_dir)))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from tfrec_zoo.data import open_dataset
     from tfrec_zoo.data.builders import build
@@ -140,6 +175,16 @@ def _cmd_demo(args) -> int:
         print(f"  {k:<16} {str(v.dtype.name):<8} {tuple(v.shape)}")
     for k, v in labels.items():
         print(f"  label {k:<10} {v.numpy().tolist()}")
+    from training.evaluation import format_table
+    from training.experiment import load_experiment
+    from training.trainer import new_run_dir, train
+
+    exp = load_experiment(_experiment_path("din-ml-latest-small"), [f"dataset={out}"])
+    run_dir = new_run_dir(exp, args.runs_root)
+    print(f"[demo] training {exp.model} ({exp.epochs} epochs) -> {run_dir}")
+    result = train(exp, run_dir, verbose=2)
+    print(f"[demo] trained in {result.seconds:.1f}s; metrics:")
+    print(format_table(result.metrics))
     return 0
 
 
@@ -183,8 +228,21 @@ def build_parser() -> argparse.ArgumentParser:
     ls = dp.add_parser("list", help="list the real datasets")
     ls.set_defaults(fn=_cmd_data_list)
 
-    d = sub.add_parser("demo", help="build ml-latest-small from seeds/ and summarise it")
+    t = sub.add_parser("train", help="train a zoo model from an experiment YAML")
+    t.add_argument("experiment", help="a YAML file or the name of one in training/experiments/")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (dotted)")
+    t.add_argument("--run-dir", help="the run directory (default: runs/NAME-TIMESTAMP); an existing one resumes")
+    t.add_argument("--runs-root", default="runs")
+    t.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
+    t.set_defaults(fn=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="re-evaluate a finished run directory")
+    e.add_argument("run_dir")
+    e.set_defaults(fn=_cmd_evaluate)
+
+    d = sub.add_parser("demo", help="build ml-latest-small from seeds/, train DIN, print metrics")
     d.add_argument("--out")
+    d.add_argument("--runs-root", default="runs")
     d.set_defaults(fn=_cmd_demo)
     return p
 

@@ -103,8 +103,13 @@ def parse_batch(spec: FeatureSpec, serialized, with_weights: bool | None = None)
 
 def make_dataset(spec: FeatureSpec, files: Sequence[str | Path], batch_size: int, *, shuffle_buffer: int = 0,
                  seed: int | None = None, repeat: bool = False, drop_remainder: bool = False,
-                 compression: str | None = None, prefetch: int | None = None, cache: bool = False):
-    """A tf.data pipeline over `files` yielding parsed batches (see the module docstring)."""
+                 compression: str | None = None, prefetch: int | None = None, cache: bool = False,
+                 num_rows: int | None = None):
+    """A tf.data pipeline over `files` yielding parsed batches (see the module docstring).
+
+    `num_rows` (the manifest's count) declares the number of batches, so Keras knows an epoch's length: progress
+    bars and step-based BackupAndRestore need it.
+    """
     tf = _tf()
     files = [str(f) for f in files]
     if not files:
@@ -122,6 +127,9 @@ def make_dataset(spec: FeatureSpec, files: Sequence[str | Path], batch_size: int
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if num_rows is not None and not repeat:
+        batches = num_rows // batch_size if drop_remainder else -(-num_rows // batch_size)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     # parse_batch's Python branches depend on the spec only, so there is nothing for AutoGraph to convert
     parse = tf.autograph.experimental.do_not_convert(lambda s: parse_batch(spec, s))
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -147,7 +155,7 @@ class DatasetDir:
 
     def dataset(self, split: str, batch_size: int, **kw):
         return make_dataset(self.spec, self.files(split), batch_size,
-                            compression=self.manifest.get("compression", "GZIP"), **kw)
+                            compression=self.manifest.get("compression", "GZIP"), num_rows=self.rows(split), **kw)
 
 
 def open_dataset(path: str | Path) -> DatasetDir:

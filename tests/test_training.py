@@ -1,0 +1,171 @@
+"""The trainer on real data (a ml-latest-small subset): runs, resumes after a kill, restores, freezes, evaluates."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tfrec_zoo.data import open_dataset
+from tfrec_zoo.data.builders import build
+from tfrec_zoo.features import parse_spec
+from training.evaluation import task_metrics
+from training.experiment import ExperimentError, load_experiment, parse_experiment
+from training.trainer import evaluate_run, train
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "training" / "experiments"
+
+
+@pytest.fixture(scope="module")
+def ml_small(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "ml60"
+    build("ml-latest-small", out, progress=False, log=lambda *_: None, options={"max_users": 60})
+    return out
+
+
+@pytest.fixture(scope="module")
+def ml_other(tmp_path_factory) -> Path:
+    """Another subset (users 1-90): its movie vocabulary differs from ml_small's."""
+    out = tmp_path_factory.mktemp("data") / "ml90"
+    build("ml-latest-small", out, progress=False, log=lambda *_: None, options={"max_users": 90})
+    return out
+
+
+def exp_for(data: Path, *extra: str):
+    return load_experiment(EXPERIMENTS / "din-ml-latest-small.yaml",
+                           [f"dataset={data}", "epochs=1", "early_stopping=null", "batch_size=512", *extra])
+
+
+@pytest.mark.parametrize("raw, words", [
+    ({"name": "x", "dataset": "d", "model": "din", "epoch": 2}, "x.yaml: epoch: unknown key"),
+    ({"name": "x", "dataset": "d"}, "x.yaml: model: is required"),
+    ({"name": "x", "dataset": "d", "model": "din", "strategy": "tpu"}, "strategy: 'tpu' is not one of"),
+    ({"name": "x", "dataset": "d", "model": "din", "params": {"units": 3}}, "x.yaml: params.units: unknown hyper-parameter of din"),
+    ({"name": "x", "dataset": "d", "model": "dinn"}, "x.yaml: model: unknown model 'dinn'"),
+    ({"name": "x", "dataset": "d", "model": "din", "optimizer": {"name": "adam", "lr": 1}}, "optimizer.lr: unknown key"),
+    ({"name": "x", "dataset": "d", "model": "din", "batch_size": 0}, "batch_size: must be > 0"),
+])
+def test_experiment_errors_name_file_and_key(raw, words):
+    with pytest.raises(ExperimentError, match=words.replace("(", r"\(")):
+        parse_experiment(raw, "x.yaml")
+
+
+def test_set_overrides_dotted_keys():
+    exp = load_experiment(EXPERIMENTS / "din-ml-latest-small.yaml",
+                          ["optimizer.learning_rate=0.01", "params.dnn_units=[8, 4]", "epochs=3"])
+    assert exp.optimizer["learning_rate"] == 0.01 and exp.params["dnn_units"] == [8, 4] and exp.epochs == 3
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_experiments_validate(path):
+    assert load_experiment(path).model in ("din", "deepfm", "mmoe")
+
+
+def test_train_writes_a_complete_run_and_evaluate_reproduces_it(ml_small, tmp_path):
+    run = tmp_path / "run"
+    result = train(exp_for(ml_small), run, verbose=0)
+    for name in ("config.yaml", "metrics.json", "summary.md", "history.csv", "model/saved_model.pb"):
+        assert (run / name).exists(), name
+    assert list((run / "checkpoints").glob("ckpt-001*"))
+    test = result.metrics["test"]["overall"]["like"]
+    assert 0.5 < test["auc"] <= 1.0 and 0.0 < test["logloss"] < 1.0 and test["gauc_groups"] > 0
+    assert test["count"] == open_dataset(ml_small).rows("test")
+    again = evaluate_run(run, log=lambda *_: None)
+    assert again["test"]["overall"]["like"]["auc"] == pytest.approx(test["auc"], abs=1e-6)
+    with pytest.raises(ValueError, match="holds a run of another config"):
+        train(exp_for(ml_small, "epochs=2"), run, verbose=0)
+
+
+KILLER = textwrap.dedent("""
+    import os, sys
+    from tfrec_zoo._tf import keras
+    from training.experiment import load_experiment
+    from training.trainer import train
+
+    class Kill(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.n = getattr(self, "n", 0) + 1
+            if self.n == int(sys.argv[3]):
+                os._exit(3)   # like a SIGKILL: no cleanup, no final save
+
+    exp = load_experiment(sys.argv[1], ["dataset=" + sys.argv[2], "epochs=2", "early_stopping=null",
+                                         "batch_size=512"])
+    r = train(exp, sys.argv[4], callbacks=[Kill()] if int(sys.argv[3]) else [], verbose=0, evaluate=False)
+    print("ITERATIONS", int(r.model.optimizer.iterations.numpy()))
+""")
+
+
+def test_a_killed_run_resumes_to_the_same_step_count(ml_small, tmp_path):
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    exp_file = EXPERIMENTS / "din-ml-latest-small.yaml"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    def run(kill_at: int, run_dir: Path):
+        return subprocess.run([sys.executable, str(script), str(exp_file), str(ml_small), str(kill_at), str(run_dir)],
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    steps_per_epoch = -(-open_dataset(ml_small).rows("train") // 512)
+    killed = run(steps_per_epoch + 3, tmp_path / "r")      # dies in the second epoch
+    assert killed.returncode == 3, killed.stderr[-2000:]
+    assert (tmp_path / "r" / "backup").exists() and not (tmp_path / "r" / "model").exists()
+    resumed = run(0, tmp_path / "r")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"ITERATIONS {2 * steps_per_epoch}" in resumed.stdout
+
+
+def test_pretrain_then_finetune_restores_by_name_remaps_vocab_and_freezes(ml_small, ml_other, tmp_path):
+    pre = train(exp_for(ml_other), tmp_path / "pre", verbose=0, evaluate=False)
+    fine_exp = exp_for(ml_small, f"restore={{checkpoint: {tmp_path / 'pre'}, freeze: ['^emb_movie_id$']}}")
+    fine = train(fine_exp, tmp_path / "fine", verbose=0, evaluate=False)
+    report = json.loads((tmp_path / "fine" / "restore.json").read_text())
+    assert "emb_movie_id/embeddings:0" in report["restored"] and "emb_movie_id" in report["frozen"]
+    assert "ids found in the pretrained vocabulary" in report["remapped"]["emb_movie_id/embeddings:0"]
+    # every movie of the fine-tune vocabulary keeps exactly its pretrained row (the table is frozen)
+    src, dst = open_dataset(ml_other), open_dataset(ml_small)
+    src_rows = pre.model.get_layer("emb_movie_id").embeddings.numpy()
+    dst_rows = fine.model.get_layer("emb_movie_id").embeddings.numpy()
+    src_index = {m: i + 1 for i, m in enumerate(src.artifacts.vocabs["movie_id"])}
+    shared = [(j + 1, src_index[m]) for j, m in enumerate(dst.artifacts.vocabs["movie_id"]) if m in src_index]
+    assert len(shared) > 100
+    for j, i in shared[:200]:
+        np.testing.assert_array_equal(dst_rows[j], src_rows[i])
+    # a layer that was not frozen moved away from its restored value
+    assert not np.allclose(fine.model.get_layer("dnn_dense0").kernel.numpy(),
+                           pre.model.get_layer("dnn_dense0").kernel.numpy())
+
+
+def test_masked_task_metrics_count_only_masked_rows():
+    spec = parse_spec({"name": "m", "keys": {"user": "u"}, "features": [
+        {"name": "u", "kind": "id"}, {"name": "click", "kind": "label"},
+        {"name": "buy", "kind": "label", "mask": "click"}]}, "m.yaml")
+    data = {"label/click": np.array([1, 1, 0, 0, 1.0]), "pred/click": np.array([.9, .8, .3, .6, .2]),
+            "weight/click": np.ones(5), "label/buy": np.array([1, 0, 0, 1, 1.0]),
+            "pred/buy": np.array([.7, .4, .9, .9, .1]), "weight/buy": np.array([1, 1, 0, 0, 1.0]),
+            "key/u": np.array([1, 1, 2, 2, 2])}
+    m = task_metrics(spec, data)
+    assert m["buy"]["count"] == 3 and m["click"]["count"] == 5
+    # buy over rows 0, 1, 4: positives (.7, .1) vs negative .4 -> AUC 0.5
+    assert m["buy"]["auc"] == pytest.approx(0.5)
+    # click: user 1 has only positives (skipped); user 2: positive .2 vs negatives .3, .6 -> 0
+    assert m["click"]["gauc"] == pytest.approx(0.0) and m["click"]["gauc_groups_skipped"] == 1
+
+
+def test_cli_train_and_evaluate(ml_small, tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [sys.executable, "-c", "import sys; from training.cli import main; sys.exit(main())"]
+    p = subprocess.run(cmd + ["train", "deepfm-ml-latest-small", "--set", f"dataset={ml_small}", "--set", "epochs=1",
+                              "--run-dir", str(tmp_path / "r"), "--quiet"], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "| test | like | auc |" in p.stdout
+    p = subprocess.run(cmd + ["evaluate", str(tmp_path / "r")], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0 and "| valid | like | gauc |" in p.stdout
+    cfg = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert cfg["model"] == "deepfm" and cfg["epochs"] == 1

@@ -1,0 +1,61 @@
+"""The model zoo: a registry of `name -> (build function, config dataclass)`.
+
+    model = build_model("din", spec, artifacts, {"attention_units": [80, 40]})
+
+Every model takes `build_inputs(spec)` and returns `{task: prediction}` for each label of the spec; its config is a
+dataclass whose fields are the hyper-parameters an experiment YAML may set (unknown keys are errors).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+MODELS: dict[str, "ModelEntry"] = {}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    build: Callable[..., Any]
+    config_cls: type
+    doc: str
+
+
+def register_model(name: str, config_cls: type):
+    def deco(fn):
+        MODELS[name] = ModelEntry(name, fn, config_cls, (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+    return deco
+
+
+def model_config(name: str, params: dict | None = None, source: str = "model") -> Any:
+    """The config dataclass of model `name` from a dict; unknown or mistyped keys raise ValueError naming them."""
+    _load_all()
+    if name not in MODELS:
+        raise ValueError(f"{source}: unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    cls = MODELS[name].config_cls
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    params = dict(params or {})
+    for key, value in params.items():
+        if key not in fields:
+            raise ValueError(f"{source}.{key}: unknown hyper-parameter of {name}; known: {', '.join(fields)}")
+        default = fields[key].default
+        if isinstance(default, tuple) and isinstance(value, list):
+            params[key] = tuple(value)
+        elif isinstance(default, bool) and not isinstance(value, bool):
+            raise ValueError(f"{source}.{key}: expected true/false, got {value!r}")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool) and (
+                isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{source}.{key}: expected a number, got {value!r}")
+    return cls(**params)
+
+
+def build_model(name: str, spec, artifacts, params: dict | None = None, source: str = "model"):
+    """Build zoo model `name` for a spec; returns an uncompiled tf_keras Model."""
+    cfg = model_config(name, params, source)
+    return MODELS[name].build(spec, artifacts, cfg)
+
+
+def _load_all() -> None:
+    from . import deepfm, din, mmoe  # noqa: F401  (each registers itself)

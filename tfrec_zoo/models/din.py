@@ -1,0 +1,43 @@
+"""DIN (Zhou et al., KDD 2018): the candidate item attends over the user's behaviour sequence."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .._tf import keras
+from ..inputs import FeatureEmbeddings, build_inputs
+from ..layers import TargetAttention
+from . import register_model
+from .common import concat, embed_fields, head, mlp, pooled_sequences, target_and_history
+
+
+@dataclass(frozen=True)
+class DINConfig:
+    target: str = ""                    # default: the spec's keys.item
+    history: str = ""                   # default: the first sequence whose id field shares the target's table
+    attention_units: tuple = (80, 40)
+    attention_activation: str = "sigmoid"   # Dice's BatchNorm statistics do not settle on small data (see datasets/README)
+    attention_normalization: str = "none"
+    dnn_units: tuple = (200, 80)
+    dropout: float = 0.0
+
+
+@register_model("din", DINConfig)
+def din(spec, artifacts, cfg: DINConfig):
+    """DIN: target attention over the history, concatenated with every other feature, then a DNN per task."""
+    target, history, _ = target_and_history(spec, cfg.target or None, cfg.history or None)
+    inputs = build_inputs(spec)
+    emb = FeatureEmbeddings(spec, artifacts)
+    fields, mask = emb.sequence(history, inputs)
+    # pair every history id field with the scalar feature that shares its table (item <-> hist item, cate <-> ...)
+    scalars = {spec.table_of(f.name): f.name for f in spec.inputs if f.kind in ("id", "domain")}
+    pairs = [(scalars[spec.table_of(sf.name)], sf.name) for sf in spec[history].fields
+             if sf.kind == "id" and spec.table_of(sf.name) in scalars]
+    query = concat([emb.id(q, inputs) for q, _ in pairs], "din_query")
+    keys = concat([fields[k] for _, k in pairs], "din_keys")
+    interest = TargetAttention(cfg.attention_units, cfg.attention_activation, cfg.attention_normalization,
+                               name="din_attention")([query, keys, mask])
+    flat = embed_fields(spec, emb, inputs)
+    others = pooled_sequences(spec, emb, inputs, exclude=(history,))
+    x = concat(flat.all() + others + [interest], "din_concat")
+    hidden = mlp(x, cfg.dnn_units, dropout=cfg.dropout, name="dnn")
+    return keras.Model(inputs, {lab.task: head(lab, hidden) for lab in spec.labels}, name="din")

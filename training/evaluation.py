@@ -1,0 +1,106 @@
+"""Evaluation after training: one pass over a split, then exact metrics per task (and per domain).
+
+Binary tasks: AUC, GAUC (grouped by the spec's `keys.user`), logloss; regression: RMSE, MAE; multiclass: accuracy,
+cross-entropy. Label masks (e.g. CVR counted only where click = 1) restrict a task's rows. When the spec has a
+`domain` feature, every metric is also reported per domain value.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tfrec_zoo import metrics as M
+from tfrec_zoo.features import FeatureSpec
+
+
+def collect(model, dataset, spec: FeatureSpec, max_batches: int | None = None) -> dict[str, Any]:
+    """Predictions, labels, weights and grouping columns of a whole split, as numpy arrays."""
+    import tensorflow as tf
+
+    user = spec.keys.get("user")
+    domains = [f.name for f in spec.of_kind("domain")]
+    keep = [c for c in [user, *domains] if c]
+    out: dict[str, list] = {}
+
+    @tf.function(reduce_retracing=True)
+    def predict(features):
+        return model(features, training=False)
+
+    for i, batch in enumerate(dataset):
+        if max_batches is not None and i >= max_batches:
+            break
+        feats, labels = batch[0], batch[1]
+        weights = batch[2] if len(batch) > 2 else {k: tf.ones_like(v) for k, v in labels.items()}
+        preds = predict(feats)
+        for task in labels:
+            out.setdefault(f"pred/{task}", []).append(preds[task].numpy())
+            out.setdefault(f"label/{task}", []).append(labels[task].numpy())
+            out.setdefault(f"weight/{task}", []).append(weights[task].numpy())
+        for col in keep:
+            if col in feats:
+                out.setdefault(f"key/{col}", []).append(feats[col].numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _binary(labels, probs, groups) -> dict[str, float]:
+    res = {"auc": M.auc(labels, probs), "logloss": M.logloss(labels, probs), "count": int(len(labels)),
+           "positive_rate": float(np.mean(labels)) if len(labels) else float("nan")}
+    if groups is not None:
+        g = M.gauc(labels, probs, groups)
+        res.update({"gauc": g.value, "gauc_groups": g.n_groups_used, "gauc_groups_skipped": g.n_groups_skipped})
+    return res
+
+
+def task_metrics(spec: FeatureSpec, data: dict[str, np.ndarray], rows: np.ndarray | None = None) -> dict[str, dict]:
+    user = spec.keys.get("user")
+    groups_all = data.get(f"key/{user}") if user else None
+    out = {}
+    for lab in spec.labels:
+        y, p, w = data[f"label/{lab.task}"], data[f"pred/{lab.task}"], data[f"weight/{lab.task}"]
+        sel = w > 0
+        if rows is not None:
+            sel &= rows
+        y, p = y[sel], p[sel]
+        if not len(y):
+            out[lab.task] = {"count": 0}
+            continue
+        if lab.type == "binary":
+            groups = groups_all[sel] if groups_all is not None else None
+            out[lab.task] = _binary(y, np.clip(p, 0.0, 1.0), groups)
+        elif lab.type == "regression":
+            out[lab.task] = {"rmse": float(np.sqrt(np.mean((p - y) ** 2))), "mae": float(np.mean(np.abs(p - y))),
+                             "count": int(len(y))}
+        else:
+            yi = y.astype(int)
+            prob = np.clip(p[np.arange(len(yi)), yi], 1e-7, 1.0)
+            out[lab.task] = {"accuracy": float(np.mean(np.argmax(p, axis=1) == yi)),
+                             "cross_entropy": float(-np.mean(np.log(prob))), "count": int(len(y))}
+    return out
+
+
+def evaluate_split(model, dataset, spec: FeatureSpec, max_batches: int | None = None) -> dict[str, Any]:
+    """{'overall': {task: metrics}, 'by_domain': {domain: {value: {task: metrics}}}}"""
+    data = collect(model, dataset, spec, max_batches)
+    result: dict[str, Any] = {"overall": task_metrics(spec, data)}
+    for f in spec.of_kind("domain"):
+        values = data.get(f"key/{f.name}")
+        if values is None:
+            continue
+        result.setdefault("by_domain", {})[f.name] = {
+            (v.decode() if isinstance(v, bytes) else str(v)): task_metrics(spec, data, values == v)
+            for v in np.unique(values)}
+    return result
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """A markdown table: split x task x metric."""
+    lines = ["| split | task | metric | value |", "|---|---|---|---|"]
+    for split, res in results.items():
+        for task, metrics in res["overall"].items():
+            for name, value in metrics.items():
+                if name == "count" or isinstance(value, (dict, list)):
+                    continue
+                lines.append(f"| {split} | {task} | {name} | {value:.4f} |" if isinstance(value, float)
+                             else f"| {split} | {task} | {name} | {value} |")
+    return "\n".join(lines)

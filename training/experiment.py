@@ -1,0 +1,147 @@
+"""Experiment configs (`training/experiments/*.yaml`), validated like feature specs: errors name file and key.
+
+    name: din-ml-latest-small
+    dataset: ml-latest-small          # a builder name (built into data/NAME on first use) or a dataset directory
+    model: din
+    params: {attention_units: [80, 40]}
+    tasks: {like: {loss_weight: 1.0}} # optional per-task overrides of the spec's loss weights
+    optimizer: {name: adam, learning_rate: 0.001}
+    batch_size: 1024
+    epochs: 2
+    strategy: default                 # default | mirrored | multi_worker | parameter_server
+    early_stopping: {monitor: val_like_auc, mode: max, patience: 2}
+    evaluation: {splits: [valid, test], group_by: user_id}
+    restore: {checkpoint: RUN_DIR_OR_CKPT, include: ['^emb_'], freeze: ['^emb_']}
+    tune: {algorithm: random, max_trials: 4, objective: val_like_auc, space: {...}}
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tfrec_zoo.features.spec import FeatureSpecError
+
+STRATEGIES = ("default", "mirrored", "multi_worker", "parameter_server")
+OPTIMIZERS = ("adam", "adagrad", "sgd", "rmsprop")
+
+
+class ExperimentError(FeatureSpecError):
+    """An experiment file is wrong; the message names the file, the key and the fix."""
+
+
+@dataclass
+class Experiment:
+    name: str
+    dataset: str
+    model: str
+    params: dict = field(default_factory=dict)
+    tasks: dict = field(default_factory=dict)
+    optimizer: dict = field(default_factory=lambda: {"name": "adam", "learning_rate": 1e-3})
+    batch_size: int = 1024
+    epochs: int = 1
+    steps_per_epoch: int | None = None
+    shuffle_buffer: int = 100_000
+    seed: int = 0
+    strategy: str = "default"
+    early_stopping: dict | None = None
+    evaluation: dict = field(default_factory=lambda: {"splits": ["valid", "test"]})
+    restore: dict | None = None
+    tune: dict | None = None
+    source: str = "<memory>"
+
+    def to_dict(self) -> dict:
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "source"}
+
+
+_TYPES = {"name": str, "dataset": str, "model": str, "params": dict, "tasks": dict, "optimizer": dict,
+          "batch_size": int, "epochs": int, "steps_per_epoch": (int, type(None)), "shuffle_buffer": int, "seed": int,
+          "strategy": str, "early_stopping": (dict, type(None)), "evaluation": dict, "restore": (dict, type(None)),
+          "tune": (dict, type(None))}
+_REQUIRED = ("name", "dataset", "model")
+_SUBKEYS = {"optimizer": {"name", "learning_rate", "clipnorm"},
+            "early_stopping": {"monitor", "mode", "patience", "min_delta"},
+            "evaluation": {"splits", "group_by", "domain", "max_batches"},
+            "restore": {"checkpoint", "include", "exclude", "freeze", "freeze_level"},
+            "tune": {"algorithm", "max_trials", "objective", "direction", "space", "epochs", "executions_per_trial",
+                     "max_epochs", "factor"}}
+
+
+def _set(raw: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    obj = raw
+    for k in keys[:-1]:
+        obj = obj.setdefault(k, {})
+        if not isinstance(obj, dict):
+            raise ValueError(f"--set {dotted}: {k!r} is not a mapping")
+    obj[keys[-1]] = value
+
+
+def parse_experiment(raw: Any, source: str = "<memory>", overrides: list[str] | None = None) -> Experiment:
+    """Validate a parsed experiment; `overrides` are `key.sub=value` strings (values parsed as YAML)."""
+    def fail(path, problem, fix=""):
+        raise ExperimentError(source, path, problem, fix)
+
+    if not isinstance(raw, dict):
+        fail("", "an experiment must be a mapping", "start with `name:`, `dataset:`, `model:`")
+    raw = copy.deepcopy(raw)
+    for item in overrides or []:
+        if "=" not in item:
+            fail(f"--set {item}", "expected key=value", "write e.g. --set epochs=3")
+        key, value = item.split("=", 1)
+        _set(raw, key.strip(), yaml.safe_load(value))
+    allowed = set(_TYPES)
+    for key in raw:
+        if key not in allowed:
+            fail(key, f"unknown key {key!r}", f"use one of {', '.join(sorted(allowed))}")
+    for key in _REQUIRED:
+        if key not in raw:
+            fail(key, "is required", f"add `{key}:`")
+    for key, value in raw.items():
+        typ = _TYPES[key]
+        types = typ if isinstance(typ, tuple) else (typ,)
+        if isinstance(value, bool) or not isinstance(value, types):
+            fail(key, f"expected {' or '.join(t.__name__ for t in types if t is not type(None))}, got {value!r}")
+        if key in _SUBKEYS and isinstance(value, dict):
+            for sub in value:
+                if sub not in _SUBKEYS[key]:
+                    fail(f"{key}.{sub}", f"unknown key {sub!r}", f"use one of {', '.join(sorted(_SUBKEYS[key]))}")
+    exp = Experiment(**raw, source=source)
+    for key in ("batch_size", "epochs"):
+        if getattr(exp, key) <= 0:
+            fail(key, f"must be > 0, got {getattr(exp, key)}")
+    if exp.strategy not in STRATEGIES:
+        fail("strategy", f"{exp.strategy!r} is not one of {', '.join(STRATEGIES)}", f"use one of {', '.join(STRATEGIES)}")
+    opt = exp.optimizer.get("name", "adam")
+    if opt not in OPTIMIZERS:
+        fail("optimizer.name", f"{opt!r} is not one of {', '.join(OPTIMIZERS)}")
+    lr = exp.optimizer.get("learning_rate", 1e-3)
+    if not isinstance(lr, (int, float)) or lr <= 0:
+        fail("optimizer.learning_rate", f"must be a positive number, got {lr!r}")
+    for task, cfg in exp.tasks.items():
+        if not isinstance(cfg, dict) or set(cfg) - {"loss_weight"}:
+            fail(f"tasks.{task}", f"expected {{loss_weight: W}}, got {cfg!r}")
+    if exp.early_stopping and "monitor" not in exp.early_stopping:
+        fail("early_stopping.monitor", "is required", "name a metric, e.g. val_like_auc")
+    from tfrec_zoo.models import model_config
+
+    try:
+        model_config(exp.model, exp.params, source="params")
+    except (ValueError, TypeError) as e:
+        path, _, problem = str(e).partition(": ")
+        fail("model" if "unknown model" in problem else path, problem)
+    return exp
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ExperimentError(str(path), "", f"cannot read ({e.strerror})", "check the path") from None
+    except yaml.YAMLError as e:
+        raise ExperimentError(str(path), "", f"not valid YAML ({e})", "fix the YAML syntax") from None
+    return parse_experiment(raw, str(path), overrides)

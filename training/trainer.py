@@ -1,0 +1,193 @@
+"""Train a zoo model from an experiment: fit on the spec's tf.data pipeline, resumable, then evaluate.
+
+A run directory holds:
+    config.yaml       the resolved experiment (after --set overrides)
+    backup/           BackupAndRestore state: a run killed at any moment resumes there and ends with the same steps
+    checkpoints/      weights after each epoch (ckpt-EPOCH)
+    logs/             TensorBoard
+    model/            the trained tf_keras model (SavedModel)
+    restore.json      what a pretrain -> fine-tune restore copied, remapped, skipped and froze
+    metrics.json      exact metrics per split and task (per domain too)
+    summary.md        the same as a table
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tfrec_zoo._tf import keras, tf
+from tfrec_zoo.data import DatasetDir, open_dataset
+from tfrec_zoo.models import build_model
+from tfrec_zoo.models.common import task_losses, task_metrics
+from tfrec_zoo.paths import default_data_dir
+
+from .evaluation import evaluate_split, format_table
+from .experiment import Experiment, load_experiment, parse_experiment
+from .restore import RestoreReport, copy_variables, freeze
+
+_OPTIMIZERS = {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad, "sgd": keras.optimizers.SGD,
+               "rmsprop": keras.optimizers.RMSprop}
+
+
+def resolve_dataset(name_or_path: str, log=print) -> DatasetDir:
+    """A dataset directory, or a builder name built into data/NAME on first use."""
+    path = Path(name_or_path)
+    if (path / "manifest.json").exists():
+        return open_dataset(path)
+    from tfrec_zoo.data.builders import BUILDERS, _load_all, build
+
+    _load_all()
+    if name_or_path not in BUILDERS:
+        raise FileNotFoundError(f"dataset {name_or_path!r} is neither a dataset directory nor a known dataset "
+                                f"({', '.join(sorted(BUILDERS))})")
+    out = default_data_dir() / name_or_path
+    if not (out / "manifest.json").exists():
+        log(f"building dataset {name_or_path} into {out}")
+        build(name_or_path, out, log=log)
+    return open_dataset(out)
+
+
+def make_optimizer(cfg: dict):
+    kw = {"learning_rate": float(cfg.get("learning_rate", 1e-3))}
+    if cfg.get("clipnorm"):
+        kw["clipnorm"] = float(cfg["clipnorm"])
+    return _OPTIMIZERS[cfg.get("name", "adam")](**kw)
+
+
+def compile_model(exp: Experiment, data: DatasetDir, model=None):
+    """Build (unless given) and compile the experiment's model; call inside the strategy's scope."""
+    if model is None:
+        model = build_model(exp.model, data.spec, data.artifacts, exp.params, source=f"{exp.source}: params")
+    losses, weights = task_losses(data.spec)
+    for task, cfg in exp.tasks.items():
+        if task not in weights:
+            raise ValueError(f"{exp.source}: tasks.{task}: the dataset has no task {task!r} ({', '.join(weights)})")
+        weights[task] = float(cfg["loss_weight"])
+    model.compile(make_optimizer(exp.optimizer), losses, loss_weights=weights, metrics=task_metrics(data.spec))
+    return model
+
+
+def train_dataset(exp: Experiment, data: DatasetDir, *, repeat: bool = False):
+    return data.dataset("train", exp.batch_size, shuffle_buffer=exp.shuffle_buffer, seed=exp.seed, repeat=repeat)
+
+
+def _restore(exp: Experiment, model, data: DatasetDir, log) -> RestoreReport | None:
+    cfg = exp.restore
+    if not cfg:
+        return None
+    src_dir = Path(cfg["checkpoint"])
+    if not (src_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"{exp.source}: restore.checkpoint: {src_dir} is not a run directory (no config.yaml)")
+    src_exp = load_experiment(src_dir / "config.yaml")
+    src_data = resolve_dataset(src_exp.dataset, log)
+    source_model = keras.models.load_model(src_dir / "model", compile=False)
+    report = copy_variables(source_model, model, source=(src_data.spec, src_data.artifacts),
+                            target=(data.spec, data.artifacts), include=cfg.get("include", ()),
+                            exclude=cfg.get("exclude", ()))
+    report.frozen = freeze(model, cfg.get("freeze", ()), cfg.get("freeze_level"))
+    log(report.summary())
+    return report
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    history: dict[str, list]
+    seconds: float
+    model: Any = None
+
+
+def new_run_dir(exp: Experiment, root: str | Path = "runs") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{exp.name}-{stamp}"
+
+
+def train(exp: Experiment, run_dir: str | Path, *, strategy=None, verbose: int = 2, log=print,
+          evaluate: bool = True, callbacks: list | None = None) -> RunResult:
+    """Fit `exp` into `run_dir` (resuming from run_dir/backup if a previous attempt was cut short)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = run_dir / "config.yaml"
+    if config.exists() and yaml.safe_load(config.read_text()) != exp.to_dict():
+        raise ValueError(f"{run_dir} holds a run of another config; use a new run directory to start over")
+    config.write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
+    tf.keras.utils.set_random_seed(exp.seed)
+    data = resolve_dataset(exp.dataset, log)
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        model = build_model(exp.model, data.spec, data.artifacts, exp.params, source=f"{exp.source}: params")
+        # restore and freeze before compiling, so the optimizer only sees what stays trainable
+        report = _restore(exp, model, data, log)
+        compile_model(exp, data, model)
+    if report is not None:
+        (run_dir / "restore.json").write_text(json.dumps(report.to_dict(), indent=1))
+    cbs = [keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq=_backup_freq(exp, data)),
+           keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoints" / "ckpt-{epoch:03d}"), save_weights_only=True),
+           keras.callbacks.TensorBoard(str(run_dir / "logs"), update_freq=100),
+           keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)]
+    if exp.early_stopping:
+        es = exp.early_stopping
+        cbs.append(keras.callbacks.EarlyStopping(monitor=es["monitor"], mode=es.get("mode", "auto"),
+                                                 patience=int(es.get("patience", 1)),
+                                                 min_delta=float(es.get("min_delta", 0.0)),
+                                                 restore_best_weights=True))
+    cbs += callbacks or []
+    has_valid = "valid" in data.manifest["splits"]
+    start = time.perf_counter()
+    history = model.fit(train_dataset(exp, data, repeat=exp.steps_per_epoch is not None), epochs=exp.epochs,
+                        steps_per_epoch=exp.steps_per_epoch,
+                        validation_data=data.dataset("valid", max(exp.batch_size, 4096)) if has_valid else None,
+                        callbacks=cbs, verbose=verbose)
+    seconds = time.perf_counter() - start
+    _atomic_save(model, run_dir / "model")
+    metrics = evaluate_run_model(exp, model, data, run_dir) if evaluate else {}
+    return RunResult(run_dir, metrics, history.history, seconds, model)
+
+
+def _backup_freq(exp: Experiment, data: DatasetDir):
+    steps = exp.steps_per_epoch or -(-data.rows("train") // exp.batch_size)
+    # a backup every ~tenth of an epoch bounds what a kill loses without slowing training measurably
+    return max(1, min(500, steps // 10)) if steps > 10 else "epoch"
+
+
+def _atomic_save(model, path: Path) -> None:
+    import shutil
+
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(tmp, include_optimizer=False)
+    old = path.with_name(path.name + f".old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def evaluate_run_model(exp: Experiment, model, data: DatasetDir, run_dir: Path) -> dict[str, Any]:
+    ev = exp.evaluation or {}
+    results = {}
+    for split in ev.get("splits", ["valid", "test"]):
+        if split in data.manifest["splits"]:
+            results[split] = evaluate_split(model, data.dataset(split, 4096), data.spec, ev.get("max_batches"))
+    (run_dir / "metrics.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    (run_dir / "summary.md").write_text(f"# {exp.name}\n\nmodel `{exp.model}` on `{exp.dataset}`\n\n"
+                                        + format_table(results) + "\n")
+    return results
+
+
+def evaluate_run(run_dir: str | Path, log=print) -> dict[str, Any]:
+    """Re-evaluate a finished run directory from its saved model (`tfrec-zoo evaluate RUN_DIR`)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "model").exists():
+        raise FileNotFoundError(f"{run_dir}: no trained model (run_dir/model); train first")
+    exp = parse_experiment(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
+    data = resolve_dataset(exp.dataset, log)
+    model = keras.models.load_model(run_dir / "model", compile=False)
+    return evaluate_run_model(exp, model, data, run_dir)

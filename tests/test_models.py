@@ -118,3 +118,24 @@ def test_din_attends_with_every_paired_field():
     # query = item + category embeddings (8 + 4), keys the history's two fields through the same tables
     assert model.get_layer("din_query").output.shape[-1] == 12
     assert len([layer for layer in model.layers if layer.name == "emb_item_id"]) == 1
+
+
+def test_masked_task_loss_ignores_rows_with_weight_zero():
+    spec = parse_spec({"name": "m", "keys": {"item": "item_id"}, "features": [
+        {"name": "item_id", "kind": "id"}, {"name": "click", "kind": "label"},
+        {"name": "buy", "kind": "label", "mask": "click"}]}, "m.yaml")
+    art = Artifacts(vocabs={"item_id": list(range(10))})
+    model = build_model("mmoe", spec, art, {"num_experts": 2, "expert_units": [4], "tower_units": [4]})
+    losses, weights = task_losses(spec)
+    model.compile("adam", losses, loss_weights=weights)
+    x = {"item_id": np.arange(8)}
+    click = np.array([1, 1, 0, 0, 1, 0, 1, 0], np.float32)
+    buy = np.array([1, 0, 0, 0, 1, 0, 0, 0], np.float32)
+    sw = {"click": np.ones(8, np.float32), "buy": click}
+    base = model.evaluate(x, {"click": click, "buy": buy}, sample_weight=sw, verbose=0, return_dict=True)
+    flipped = np.where(click == 0, 1 - buy, buy)           # change buy labels only where the mask is 0
+    same = model.evaluate(x, {"click": click, "buy": flipped}, sample_weight=sw, verbose=0, return_dict=True)
+    assert same["buy_loss"] == pytest.approx(base["buy_loss"], rel=1e-6)
+    p = model.predict(x, verbose=0)["buy"]
+    per_row = -(buy * np.log(p) + (1 - buy) * np.log(1 - p))
+    assert base["buy_loss"] == pytest.approx(float((per_row * click).sum() / 8), rel=1e-4)

@@ -23,18 +23,14 @@ def collect(model, dataset, spec: FeatureSpec, max_batches: int | None = None) -
     keep = [c for c in [user, *domains] if c]
     out: dict[str, list] = {}
 
-    @tf.function(reduce_retracing=True)
-    def predict(features):
-        return model(features, training=False)
-
     for i, batch in enumerate(dataset):
         if max_batches is not None and i >= max_batches:
             break
         feats, labels = batch[0], batch[1]
         weights = batch[2] if len(batch) > 2 else {k: tf.ones_like(v) for k, v in labels.items()}
-        preds = predict(feats)
+        preds = model.predict_on_batch(feats)  # Keras' own cached predict function: one trace per shape
         for task in labels:
-            out.setdefault(f"pred/{task}", []).append(preds[task].numpy())
+            out.setdefault(f"pred/{task}", []).append(np.asarray(preds[task]))
             out.setdefault(f"label/{task}", []).append(labels[task].numpy())
             out.setdefault(f"weight/{task}", []).append(weights[task].numpy())
         for col in keep:

@@ -71,13 +71,26 @@ def _squeeze(x, name: str):
     return keras.layers.Reshape((), name=name)(x)
 
 
+# Binary and regression heads output [B] (labels arrive as [B]). Keras losses average over the last axis, which
+# for [B] tensors would collapse the batch into one number and break per-example sample weights (label masks);
+# these give one loss per example.
+@keras.utils.register_keras_serializable(package="tfrec_zoo")
+def binary_crossentropy_per_example(y_true, y_pred):
+    return keras.losses.binary_crossentropy(y_true[..., None], y_pred[..., None])
+
+
+@keras.utils.register_keras_serializable(package="tfrec_zoo")
+def squared_error_per_example(y_true, y_pred):
+    return keras.losses.mean_squared_error(y_true[..., None], y_pred[..., None])
+
+
 def task_losses(spec: FeatureSpec) -> tuple[dict, dict]:
     """({task: loss}, {task: loss weight}) from the spec's labels."""
     losses, weights = {}, {}
     for lab in spec.labels:
-        losses[lab.task] = {"binary": keras.losses.BinaryCrossentropy(),
-                            "multiclass": keras.losses.SparseCategoricalCrossentropy(),
-                            "regression": keras.losses.MeanSquaredError()}[lab.type]
+        losses[lab.task] = {"binary": binary_crossentropy_per_example,
+                            "multiclass": keras.losses.sparse_categorical_crossentropy,
+                            "regression": squared_error_per_example}[lab.type]
         weights[lab.task] = lab.loss_weight
     return losses, weights
 

@@ -8,6 +8,7 @@
     tfrec-zoo data check DIR                scan a dataset and list every problem
     tfrec-zoo train EXP.yaml [--set k=v]    train a zoo model (a run directory under runs/)
     tfrec-zoo evaluate RUN_DIR              re-evaluate a finished run
+    tfrec-zoo tune EXP.yaml [--max-trials N] Keras Tuner search over the experiment's `tune:` block
     tfrec-zoo demo                          build ml-latest-small from seeds/, train DIN on it, print its metrics
 """
 from __future__ import annotations
@@ -160,6 +161,17 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_tune(args) -> int:
+    from training.experiment import load_experiment
+    from training.tuning import tune
+
+    exp = load_experiment(_experiment_path(args.experiment), args.set)
+    # not timestamped: a chief, its workers and a resumed search all share one directory
+    out = Path(args.out or Path(args.runs_root) / f"{exp.name}-tune")
+    result = tune(exp, out, args.max_trials, verbose=2 if args.quiet else 1)
+    return 0 if result.role == "worker" or result.best else 1
+
+
 def _cmd_demo(args) -> int:
     from tfrec_zoo.data import open_dataset
     from tfrec_zoo.data.builders import build
@@ -239,6 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="re-evaluate a finished run directory")
     e.add_argument("run_dir")
     e.set_defaults(fn=_cmd_evaluate)
+
+    tu = sub.add_parser("tune", help="Keras Tuner search (random, bayesian, hyperband) over `tune:`")
+    tu.add_argument("experiment")
+    tu.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    tu.add_argument("--out", help="search directory (default: runs/NAME-tune); an existing one resumes")
+    tu.add_argument("--max-trials", type=int)
+    tu.add_argument("--runs-root", default="runs")
+    tu.add_argument("--quiet", action="store_true")
+    tu.set_defaults(fn=_cmd_tune)
 
     d = sub.add_parser("demo", help="build ml-latest-small from seeds/, train DIN, print metrics")
     d.add_argument("--out")

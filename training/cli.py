@@ -139,17 +139,44 @@ def _experiment_path(name: str) -> Path:
 
 
 def _cmd_train(args) -> int:
+    import json
+
+    from training.evaluation import format_table
     from training.experiment import load_experiment
     from training.trainer import new_run_dir, train
 
     exp = load_experiment(_experiment_path(args.experiment), args.set)
+    strategy = args.strategy or exp.strategy
+    distributed = strategy in ("multi_worker", "parameter_server")
+    if args.local_workers and not distributed:
+        raise ValueError("--local-workers needs --strategy multi_worker or parameter_server")
+    if distributed and not args.local_workers and not args.run_dir:
+        raise ValueError(f"--strategy {strategy} on a cluster needs an explicit --run-dir shared by every host "
+                         "(a timestamped default would differ between hosts)")
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(exp, args.runs_root)
-    print(f"[train] {exp.name}: model {exp.model} on {exp.dataset} -> {run_dir}")
-    result = train(exp, run_dir, verbose=2 if args.quiet else 1)
-    from training.evaluation import format_table
+    print(f"[train] {exp.name}: model {exp.model} on {exp.dataset} ({strategy}) -> {run_dir}")
+    if args.local_workers:
+        from training.distribute import DistributedJobError, launch_local
 
-    print(f"[train] {result.seconds:.1f}s; metrics ({run_dir}/metrics.json):")
-    print(format_table(result.metrics))
+        try:
+            launch_local(_experiment_path(args.experiment), run_dir, workers=args.local_workers, strategy=strategy,
+                         ps=args.ps, timeout=args.timeout, overrides=args.set)
+        except DistributedJobError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(format_table(json.loads((run_dir / "metrics.json").read_text())))
+        return 0
+    if distributed:
+        from training.distribute import run_task
+
+        result = run_task(exp, run_dir, strategy, verbose=2 if args.quiet else 1)
+    else:
+        from training.distribute import make_strategy
+
+        result = train(exp, run_dir, strategy=make_strategy(strategy), verbose=2 if args.quiet else 1)
+    if result.metrics:
+        print(f"[train] {result.seconds:.1f}s; metrics ({run_dir}/metrics.json):")
+        print(format_table(result.metrics))
     return 0
 
 
@@ -246,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run-dir", help="the run directory (default: runs/NAME-TIMESTAMP); an existing one resumes")
     t.add_argument("--runs-root", default="runs")
     t.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
+    t.add_argument("--strategy", choices=["default", "mirrored", "multi_worker", "parameter_server"],
+                   help="tf.distribute strategy (default: the experiment's); clusters come from TF_CONFIG")
+    t.add_argument("--local-workers", type=int, metavar="N",
+                   help="run the job as N local worker processes on 127.0.0.1 (try a cluster before you have one)")
+    t.add_argument("--ps", type=int, default=1, help="parameter servers for --local-workers with parameter_server")
+    t.add_argument("--timeout", type=float, default=3600, help="seconds before a --local-workers job is stopped")
     t.set_defaults(fn=_cmd_train)
 
     e = sub.add_parser("evaluate", help="re-evaluate a finished run directory")

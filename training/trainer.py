@@ -27,6 +27,7 @@ from tfrec_zoo.models import build_model
 from tfrec_zoo.models.common import task_losses, task_metrics
 from tfrec_zoo.paths import default_data_dir
 
+from .distribute import fit_inputs, is_chief, is_multi_worker, is_parameter_server
 from .evaluation import evaluate_split, format_table
 from .experiment import Experiment, load_experiment, parse_experiment
 from .restore import RestoreReport, copy_variables, freeze
@@ -114,24 +115,31 @@ def train(exp: Experiment, run_dir: str | Path, *, strategy=None, verbose: int =
     """Fit `exp` into `run_dir` (resuming from run_dir/backup if a previous attempt was cut short)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    strategy = strategy or tf.distribute.get_strategy()
+    # distributed (training/distribute.py): only the chief writes run_dir's own files; other MWMS workers would
+    # race on them. Their checkpoints / backups / logs go to temp dirs tf_keras' callbacks make and delete.
+    chief = is_chief(strategy)
     config = run_dir / "config.yaml"
-    if config.exists() and yaml.safe_load(config.read_text()) != exp.to_dict():
-        raise ValueError(f"{run_dir} holds a run of another config; use a new run directory to start over")
-    config.write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
+    if chief:
+        if config.exists() and yaml.safe_load(config.read_text()) != exp.to_dict():
+            raise ValueError(f"{run_dir} holds a run of another config; use a new run directory to start over")
+        config.write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
     tf.keras.utils.set_random_seed(exp.seed)
     data = resolve_dataset(exp.dataset, log)
-    strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         model = build_model(exp.model, data.spec, data.artifacts, exp.params, source=f"{exp.source}: params")
         # restore and freeze before compiling, so the optimizer only sees what stays trainable
         report = _restore(exp, model, data, log)
         compile_model(exp, data, model)
-    if report is not None:
+    if report is not None and chief:
         (run_dir / "restore.json").write_text(json.dumps(report.to_dict(), indent=1))
-    cbs = [keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq=_backup_freq(exp, data)),
+    # ParameterServerStrategy: BackupAndRestore skips batch hooks there, so it can only back up per epoch
+    backup_freq = "epoch" if is_parameter_server(strategy) else _backup_freq(exp, data)
+    cbs = [keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq=backup_freq),
            keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoints" / "ckpt-{epoch:03d}"), save_weights_only=True),
-           keras.callbacks.TensorBoard(str(run_dir / "logs"), update_freq=100),
-           keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)]
+           keras.callbacks.TensorBoard(str(run_dir / "logs"), update_freq=100)]
+    if chief:  # CSVLogger has no multi-worker handling of its own
+        cbs.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True))
     if exp.early_stopping:
         es = exp.early_stopping
         cbs.append(keras.callbacks.EarlyStopping(monitor=es["monitor"], mode=es.get("mode", "auto"),
@@ -140,14 +148,31 @@ def train(exp: Experiment, run_dir: str | Path, *, strategy=None, verbose: int =
                                                  restore_best_weights=True))
     cbs += callbacks or []
     has_valid = "valid" in data.manifest["splits"]
+    train_data = train_dataset(exp, data, repeat=exp.steps_per_epoch is not None)
+    valid_data = data.dataset("valid", max(exp.batch_size, 4096)) if has_valid else None
+    # multi-worker input (MWMS auto-shard policy; PS DatasetCreators + fixed epoch length); a no-op otherwise
+    train_data, valid_data, steps, valid_steps = fit_inputs(strategy, exp, data, train_data, valid_data, log)
     start = time.perf_counter()
-    history = model.fit(train_dataset(exp, data, repeat=exp.steps_per_epoch is not None), epochs=exp.epochs,
-                        steps_per_epoch=exp.steps_per_epoch,
-                        validation_data=data.dataset("valid", max(exp.batch_size, 4096)) if has_valid else None,
-                        callbacks=cbs, verbose=verbose)
+    history = model.fit(train_data, epochs=exp.epochs, steps_per_epoch=steps, validation_data=valid_data,
+                        validation_steps=valid_steps, callbacks=cbs, verbose=verbose)
     seconds = time.perf_counter() - start
-    _atomic_save(model, run_dir / "model")
-    metrics = evaluate_run_model(exp, model, data, run_dir) if evaluate else {}
+    if chief:
+        _atomic_save(model, run_dir / "model")
+    else:
+        # MWMS: every worker must call save (it can run collectives); non-chief ones save to a temp dir
+        import shutil
+        import tempfile
+
+        tmp = tempfile.mkdtemp(prefix="tfrec-zoo-worker-model-")
+        model.save(tmp, include_optimizer=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+    metrics = {}
+    if evaluate and chief:
+        # multi-worker: the chief alone evaluates and writes metrics.json. The fitted model's predict would run
+        # collectives (MWMS) or go through the coordinator (PS), so evaluate the saved model locally, exactly as
+        # `tfrec-zoo evaluate RUN_DIR` does
+        eval_model = keras.models.load_model(run_dir / "model", compile=False) if is_multi_worker(strategy) else model
+        metrics = evaluate_run_model(exp, eval_model, data, run_dir)
     return RunResult(run_dir, metrics, history.history, seconds, model)
 
 

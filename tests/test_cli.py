@@ -112,3 +112,10 @@ def test_bad_json_list_cell_names_the_column(tmp_path: Path, capsys):
     code = main(["data", "write", "--spec", str(spec), "--input", str(csv), "--out", str(tmp_path / "o"),
                  "--split", "none"])
     assert code == 2 and "column 'cats': a cell is not a valid JSON list" in capsys.readouterr().err
+
+
+def test_train_strategy_flags_are_checked(capsys):
+    assert main(["train", "din-ml-latest-small", "--local-workers", "2"]) == 2
+    assert "--local-workers needs --strategy multi_worker or parameter_server" in capsys.readouterr().err
+    assert main(["train", "din-ml-latest-small", "--strategy", "multi_worker"]) == 2
+    assert "needs an explicit --run-dir" in capsys.readouterr().err

@@ -169,3 +169,35 @@ def test_cli_train_and_evaluate(ml_small, tmp_path):
     assert p.returncode == 0 and "| valid | like | gauc |" in p.stdout
     cfg = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert cfg["model"] == "deepfm" and cfg["epochs"] == 1
+
+
+def test_domain_loss_weights_scale_sample_weights(tmp_path):
+    import pandas as pd
+
+    from tfrec_zoo.data import write_dataset
+    from training.trainer import train_dataset
+
+    spec = parse_spec({"name": "md", "features": [
+        {"name": "item", "kind": "id"}, {"name": "scene", "kind": "domain", "dtype": "string"},
+        {"name": "click", "kind": "label"}, {"name": "buy", "kind": "label", "mask": "click"}]}, "md.yaml")
+    df = pd.DataFrame({"item": [1, 2, 3, 4], "scene": ["search", "rec", "rec", "feed"],
+                       "click": [1.0, 1.0, 0.0, 1.0], "buy": [1.0, 0.0, 0.0, 1.0]})
+    write_dataset({"train": df}, spec, tmp_path / "md", source="toy", progress=False)
+    exp = parse_experiment({"name": "x", "dataset": str(tmp_path / "md"), "model": "mmoe", "batch_size": 4,
+                            "shuffle_buffer": 0, "domain_loss_weights": {"scene": {"rec": 0.5, "search": 2}}}, "x.yaml")
+    _, _, w = next(iter(train_dataset(exp, open_dataset(tmp_path / "md"))))
+    assert w["click"].numpy().tolist() == [2.0, 0.5, 0.5, 1.0]        # feed is not listed: weight 1
+    assert w["buy"].numpy().tolist() == [2.0, 0.5, 0.0, 1.0]          # times the click mask
+    with pytest.raises(ExperimentError, match="domain_loss_weights.scene: expected"):
+        parse_experiment({"name": "x", "dataset": "d", "model": "din", "domain_loss_weights": {"scene": 3}}, "x.yaml")
+    # per-domain metrics: every domain value gets its own block, counts add up
+    from tfrec_zoo.models import build_model
+    from training.evaluation import evaluate_split
+
+    d = open_dataset(tmp_path / "md")
+    model = build_model("mmoe", d.spec, d.artifacts, {})
+    res = evaluate_split(model, d.dataset("train", 2), d.spec)
+    by = res["by_domain"]["scene"]
+    assert sorted(by) == ["feed", "rec", "search"]
+    assert sum(v["click"]["count"] for v in by.values()) == res["overall"]["click"]["count"] == 4
+    assert by["rec"]["buy"]["count"] == 1                               # one rec row has click = 1

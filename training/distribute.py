@@ -197,7 +197,9 @@ def _ps_inputs(exp, data, has_valid, log):
                           shuffle_buffer=shuffle_buffer, seed=None, repeat=True, compression=compression)
         if ctx.num_input_pipelines > 1:  # not the case with ParameterServerStrategy today, kept for correctness
             ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
-        return ds
+        from .trainer import with_domain_weights
+
+        return with_domain_weights(ds, exp, data.spec) if split == "train" else ds
 
     train = keras.utils.experimental.DatasetCreator(
         lambda ctx: pipeline(ctx, "train", exp.batch_size, exp.shuffle_buffer))

@@ -13,6 +13,7 @@
     evaluation: {splits: [valid, test], group_by: user_id}
     restore: {checkpoint: RUN_DIR_OR_CKPT, include: ['^emb_'], freeze: ['^emb_']}
     tune: {algorithm: random, max_trials: 4, objective: val_like_auc, space: {...}}
+    domain_loss_weights: {scene: {search: 1.0, rec: 0.3}}   # multi-domain: scale each domain's loss
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ class Experiment:
     evaluation: dict = field(default_factory=lambda: {"splits": ["valid", "test"]})
     restore: dict | None = None
     tune: dict | None = None
+    domain_loss_weights: dict | None = None
     source: str = "<memory>"
 
     def to_dict(self) -> dict:
@@ -60,7 +62,7 @@ class Experiment:
 _TYPES = {"name": str, "dataset": str, "model": str, "params": dict, "tasks": dict, "optimizer": dict,
           "batch_size": int, "epochs": int, "steps_per_epoch": (int, type(None)), "shuffle_buffer": int, "seed": int,
           "strategy": str, "early_stopping": (dict, type(None)), "evaluation": dict, "restore": (dict, type(None)),
-          "tune": (dict, type(None))}
+          "tune": (dict, type(None)), "domain_loss_weights": (dict, type(None))}
 _REQUIRED = ("name", "dataset", "model")
 _SUBKEYS = {"optimizer": {"name", "learning_rate", "clipnorm"},
             "early_stopping": {"monitor", "mode", "patience", "min_delta"},
@@ -124,6 +126,9 @@ def parse_experiment(raw: Any, source: str = "<memory>", overrides: list[str] | 
     for task, cfg in exp.tasks.items():
         if not isinstance(cfg, dict) or set(cfg) - {"loss_weight"}:
             fail(f"tasks.{task}", f"expected {{loss_weight: W}}, got {cfg!r}")
+    for feat, table in (exp.domain_loss_weights or {}).items():
+        if not isinstance(table, dict) or not all(isinstance(w, (int, float)) and w >= 0 for w in table.values()):
+            fail(f"domain_loss_weights.{feat}", f"expected {{domain value: non-negative weight}}, got {table!r}")
     if exp.early_stopping and "monitor" not in exp.early_stopping:
         fail("early_stopping.monitor", "is required", "name a metric, e.g. val_like_auc")
     from tfrec_zoo.models import model_config

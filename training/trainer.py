@@ -75,7 +75,33 @@ def compile_model(exp: Experiment, data: DatasetDir, model=None):
 
 
 def train_dataset(exp: Experiment, data: DatasetDir, *, repeat: bool = False):
-    return data.dataset("train", exp.batch_size, shuffle_buffer=exp.shuffle_buffer, seed=exp.seed, repeat=repeat)
+    ds = data.dataset("train", exp.batch_size, shuffle_buffer=exp.shuffle_buffer, seed=exp.seed, repeat=repeat)
+    return with_domain_weights(ds, exp, data.spec)
+
+
+def with_domain_weights(ds, exp: Experiment, spec):
+    """Multiply every task's sample weights by the example's domain weight (`domain_loss_weights`)."""
+    if not exp.domain_loss_weights:
+        return ds
+    tables = []
+    for feat, weights in exp.domain_loss_weights.items():
+        f = spec[feat] if feat in [x.name for x in spec.features] else None
+        if f is None or f.kind != "domain":
+            raise ValueError(f"{exp.source}: domain_loss_weights.{feat}: not a `domain` feature of {spec.source}")
+        key_dtype = tf.string if f.dtype == "string" else tf.int64
+        keys = [str(k) for k in weights] if f.dtype == "string" else [int(k) for k in weights]
+        tables.append((feat, tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            tf.constant(keys, key_dtype), tf.constant([float(w) for w in weights.values()], tf.float32)), 1.0)))
+
+    def weigh(*batch):
+        feats, labels = batch[0], batch[1]
+        weights = dict(batch[2]) if len(batch) > 2 else {t: tf.ones_like(v) for t, v in labels.items()}
+        scale = tf.ones_like(next(iter(labels.values())))
+        for feat, table in tables:
+            scale = scale * table.lookup(feats[feat])
+        return feats, labels, {t: w * scale for t, w in weights.items()}
+
+    return ds.map(weigh, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _restore(exp: Experiment, model, data: DatasetDir, log) -> RestoreReport | None:

@@ -139,3 +139,28 @@ def test_masked_task_loss_ignores_rows_with_weight_zero():
     p = model.predict(x, verbose=0)["buy"]
     per_row = -(buy * np.log(p) + (1 - buy) * np.log(1 - p))
     assert base["buy_loss"] == pytest.approx(float((per_row * click).sum() / 8), rel=1e-4)
+
+
+@pytest.mark.parametrize("normalization", ["none", "softmax"])
+def test_target_attention_valid_steps_path_equals_the_padded_formula(normalization):
+    layer = TargetAttention((6, 3), normalization=normalization)
+    q = tf.random.normal([3, 4], seed=3)
+    keys = tf.random.normal([3, 5, 4], seed=4)
+    mask = tf.constant([[True, True, True, False, False], [True] * 5, [False] * 5])
+    padded = layer([q, keys, mask]).numpy()
+    valid = layer([q, tf.boolean_mask(keys, mask), mask]).numpy()
+    np.testing.assert_allclose(valid, padded, rtol=1e-5, atol=1e-6)
+    # the textbook formula: MLP([q, k, q - k, q * k]) per step, masked, weighted sum
+    qb = tf.broadcast_to(q[:, None], keys.shape)
+    h = tf.concat([qb, keys, qb - keys, qb * keys], -1)
+    for dense in layer.hidden:
+        h = dense(h)
+    s = layer.score(h)[..., 0].numpy()
+    m = mask.numpy()
+    if normalization == "softmax":
+        smax = np.where(m, s, -1e30).max(axis=1, keepdims=True)
+        e = np.where(m, np.exp(np.where(m, s - smax, 0.0)), 0.0)
+        w = e / np.maximum(e.sum(axis=1, keepdims=True), 1e-30)
+    else:
+        w = s * m
+    np.testing.assert_allclose(padded, np.einsum("bl,bld->bd", w, keys.numpy()), rtol=1e-4, atol=1e-5)

@@ -28,7 +28,8 @@ def collect(model, dataset, spec: FeatureSpec, max_batches: int | None = None) -
             break
         feats, labels = batch[0], batch[1]
         weights = batch[2] if len(batch) > 2 else {k: tf.ones_like(v) for k, v in labels.items()}
-        preds = model.predict_on_batch(feats)  # Keras' own cached predict function: one trace per shape
+        inputs = {k: feats[k] for k in model.input_names}
+        preds = model.predict_on_batch(inputs)  # Keras' own cached predict function: one trace per shape
         for task in labels:
             out.setdefault(f"pred/{task}", []).append(np.asarray(preds[task]))
             out.setdefault(f"label/{task}", []).append(labels[task].numpy())

@@ -74,8 +74,14 @@ def compile_model(exp: Experiment, data: DatasetDir, model=None):
     return model
 
 
-def train_dataset(exp: Experiment, data: DatasetDir, *, repeat: bool = False):
-    ds = data.dataset("train", exp.batch_size, shuffle_buffer=exp.shuffle_buffer, seed=exp.seed, repeat=repeat)
+def model_features(model) -> list[str]:
+    """The input names a model reads: the pipeline parses only these (plus labels)."""
+    return list(model.input_names)
+
+
+def train_dataset(exp: Experiment, data: DatasetDir, *, repeat: bool = False, features=None):
+    ds = data.dataset("train", exp.batch_size, shuffle_buffer=exp.shuffle_buffer, seed=exp.seed, repeat=repeat,
+                      features=features)
     return with_domain_weights(ds, exp, data.spec)
 
 
@@ -174,8 +180,9 @@ def train(exp: Experiment, run_dir: str | Path, *, strategy=None, verbose: int =
                                                  restore_best_weights=True))
     cbs += callbacks or []
     has_valid = "valid" in data.manifest["splits"]
-    train_data = train_dataset(exp, data, repeat=exp.steps_per_epoch is not None)
-    valid_data = data.dataset("valid", max(exp.batch_size, 4096)) if has_valid else None
+    features = model_features(model)
+    train_data = train_dataset(exp, data, repeat=exp.steps_per_epoch is not None, features=features)
+    valid_data = data.dataset("valid", max(exp.batch_size, 4096), features=features) if has_valid else None
     # multi-worker input (MWMS auto-shard policy; PS DatasetCreators + fixed epoch length); a no-op otherwise
     train_data, valid_data, steps, valid_steps = fit_inputs(strategy, exp, data, train_data, valid_data, log)
     start = time.perf_counter()
@@ -226,7 +233,10 @@ def evaluate_run_model(exp: Experiment, model, data: DatasetDir, run_dir: Path) 
     results = {}
     for split in ev.get("splits", ["valid", "test"]):
         if split in data.manifest["splits"]:
-            results[split] = evaluate_split(model, data.dataset(split, 4096), data.spec, ev.get("max_batches"))
+            # the model's inputs plus what metrics group by (user for GAUC, domains)
+            keys = [c for c in [data.spec.keys.get("user"), *(f.name for f in data.spec.of_kind("domain"))] if c]
+            ds = data.dataset(split, 4096, features=model_features(model) + keys)
+            results[split] = evaluate_split(model, ds, data.spec, ev.get("max_batches"))
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     (run_dir / "summary.md").write_text(f"# {exp.name}\n\nmodel `{exp.model}` on `{exp.dataset}`\n\n"
                                         + format_table(results) + "\n")

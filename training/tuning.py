@@ -215,10 +215,13 @@ class ExperimentTuner(kt.engine.base_tuner.BaseTuner):
                 cbs.append(keras.callbacks.EarlyStopping(monitor=es["monitor"], mode=es.get("mode", "auto"),
                                                          patience=int(es.get("patience", 1)),
                                                          min_delta=float(es.get("min_delta", 0.0))))
-            history = model.fit(train_dataset(exp, data, repeat=exp.steps_per_epoch is not None), epochs=exp.epochs,
+            features = list(model.input_names)
+            history = model.fit(train_dataset(exp, data, repeat=exp.steps_per_epoch is not None, features=features),
+                                epochs=exp.epochs,
                                 initial_epoch=values.get("tuner/initial_epoch", 0),
                                 steps_per_epoch=exp.steps_per_epoch, callbacks=cbs, verbose=self.fit_verbose,
-                                validation_data=data.dataset("valid", max(exp.batch_size, 4096))).history
+                                validation_data=data.dataset("valid", max(exp.batch_size, 4096),
+                                                             features=features)).history
             if obj not in history:
                 raise kt.errors.FatalValueError(f"{exp.source}: tune.objective: {obj!r} is not a metric of fit; "
                                                 f"known: {', '.join(sorted(history))}")

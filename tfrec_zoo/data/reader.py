@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 from ..features.artifacts import ARTIFACTS_DIR, Artifacts
 from ..features.spec import (
@@ -33,14 +33,41 @@ def _id_dtype(tf, dtype: str):
     return tf.int64 if dtype == "int64" else tf.string
 
 
-def parse_spec_features(spec: FeatureSpec) -> dict:
-    """The `tf.io.parse_example` description of a spec's records."""
-    tf = _tf()
-    desc = {}
+def _columns_to_parse(spec: FeatureSpec, features: Collection[str] | None) -> dict[str, list[str]] | None:
+    """feature/sequence name -> the stored columns to parse for the `features` asked for (None: everything).
+
+    Labels, and columns that label masks name, are always parsed. A length (`<name>_len`) needs one stored list.
+    """
+    if features is None:
+        return None
+    wanted = set(features) | {lab.mask for lab in spec.labels if lab.mask}
+    out: dict[str, list[str]] = {}
     for f in spec.features:
         if isinstance(f, MultiHotFeature):
+            if wanted & {f.name, f.length_name, f.weights}:
+                out[f.name] = [f.name] + ([f.weights] if f.weights and f.weights in wanted else [])
+        elif isinstance(f, SequenceFeature):
+            cols = [sf.name for sf in f.fields if sf.name in wanted]
+            if f.length_name in wanted and not cols:
+                cols = [f.fields[0].name]
+            if cols:
+                out[f.name] = cols
+        elif isinstance(f, LabelFeature) or f.name in wanted:
+            out[f.name] = [f.name]
+    return out
+
+
+def parse_spec_features(spec: FeatureSpec, features: Collection[str] | None = None) -> dict:
+    """The `tf.io.parse_example` description of a spec's records (only what `features` needs, when given)."""
+    tf = _tf()
+    select = _columns_to_parse(spec, features)
+    desc = {}
+    for f in spec.features:
+        if select is not None and f.name not in select:
+            continue
+        if isinstance(f, MultiHotFeature):
             desc[f.name] = tf.io.RaggedFeature(_id_dtype(tf, f.dtype))
-            if f.weights:
+            if f.weights and (select is None or f.weights in select[f.name]):
                 desc[f.weights] = tf.io.RaggedFeature(tf.float32)
         elif isinstance(f, _Categorical):
             desc[f.name] = tf.io.FixedLenFeature([], _id_dtype(tf, f.dtype))
@@ -50,8 +77,9 @@ def parse_spec_features(spec: FeatureSpec) -> dict:
             desc[f.name] = tf.io.FixedLenFeature([f.dim], tf.float32)
         elif isinstance(f, SequenceFeature):
             for sf in f.fields:
-                dtype = _id_dtype(tf, sf.dtype) if sf.kind == "id" else tf.float32
-                desc[sf.name] = tf.io.RaggedFeature(dtype)
+                if select is None or sf.name in select[f.name]:
+                    dtype = _id_dtype(tf, sf.dtype) if sf.kind == "id" else tf.float32
+                    desc[sf.name] = tf.io.RaggedFeature(dtype)
     return desc
 
 
@@ -64,28 +92,42 @@ def _pad(tf, rt, max_len: int, pad_value, width: int = 1):
     return rt.to_tensor(default_value=pad_value, shape=shape), tf.cast(rt.row_lengths(), tf.int32)
 
 
-def parse_batch(spec: FeatureSpec, serialized, with_weights: bool | None = None):
-    """Parse a batch of serialized tf.Example into (features, labels[, weights]) as described above."""
+def parse_batch(spec: FeatureSpec, serialized, with_weights: bool | None = None,
+                features: Collection[str] | None = None):
+    """Parse a batch of serialized tf.Example into (features, labels[, weights]) as described above.
+
+    `features` restricts the parsed inputs to those names (e.g. a model's inputs): unused columns cost nothing.
+    """
     tf = _tf()
-    raw = tf.io.parse_example(serialized, parse_spec_features(spec))
+    desc = parse_spec_features(spec, features)
+    raw = tf.io.parse_example(serialized, desc)
     feats, labels, weights = {}, {}, {}
     for f in spec.features:
         if isinstance(f, MultiHotFeature):
+            if f.name not in desc:
+                continue
             pad = "" if f.dtype == "string" else 0
             feats[f.name], feats[f.length_name] = _pad(tf, raw[f.name], f.max_len, pad)
-            if f.weights:
+            if f.weights and f.weights in desc:
                 feats[f.weights], _ = _pad(tf, raw[f.weights], f.max_len, 0.0)
         elif isinstance(f, SequenceFeature):
             length = None
             for sf in f.fields:
+                if sf.name not in desc:
+                    continue
                 width = sf.dim if sf.kind == "vector" else 1
                 pad = sf.pad_value if sf.kind == "id" else float(sf.pad_value)
                 feats[sf.name], length = _pad(tf, raw[sf.name], f.max_len, pad, width)
-            feats[f.length_name] = length
+            if length is not None:
+                feats[f.length_name] = length
         elif isinstance(f, LabelFeature):
             labels[f.task] = raw[f.name]
-        else:
+        elif f.name in desc:
             feats[f.name] = raw[f.name]
+    if features is not None:  # parsed for a mask or a length only: not asked for
+        feats = {k: v for k, v in feats.items() if k in features}
+    mask_columns = {lab.mask: raw[lab.mask] for lab in spec.labels if lab.mask and lab.mask in raw
+                    and lab.mask not in {x.name for x in spec.labels}}
     masked = [lab for lab in spec.labels if lab.mask]
     if with_weights is None:
         with_weights = bool(masked)
@@ -95,7 +137,7 @@ def parse_batch(spec: FeatureSpec, serialized, with_weights: bool | None = None)
     for lab in spec.labels:
         if lab.mask:
             src = by_name[lab.mask].task if lab.mask in by_name else lab.mask
-            weights[lab.task] = labels[src] if lab.mask in by_name else tf.cast(feats[lab.mask], tf.float32)
+            weights[lab.task] = labels[src] if lab.mask in by_name else tf.cast(mask_columns[lab.mask], tf.float32)
         else:
             weights[lab.task] = tf.ones_like(labels[lab.task])
     return feats, labels, weights
@@ -104,7 +146,7 @@ def parse_batch(spec: FeatureSpec, serialized, with_weights: bool | None = None)
 def make_dataset(spec: FeatureSpec, files: Sequence[str | Path], batch_size: int, *, shuffle_buffer: int = 0,
                  seed: int | None = None, repeat: bool = False, drop_remainder: bool = False,
                  compression: str | None = None, prefetch: int | None = None, cache: bool = False,
-                 num_rows: int | None = None):
+                 num_rows: int | None = None, features: Collection[str] | None = None):
     """A tf.data pipeline over `files` yielding parsed batches (see the module docstring).
 
     `num_rows` (the manifest's count) declares the number of batches, so Keras knows an epoch's length: progress
@@ -131,7 +173,7 @@ def make_dataset(spec: FeatureSpec, files: Sequence[str | Path], batch_size: int
         batches = num_rows // batch_size if drop_remainder else -(-num_rows // batch_size)
         ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     # parse_batch's Python branches depend on the spec only, so there is nothing for AutoGraph to convert
-    parse = tf.autograph.experimental.do_not_convert(lambda s: parse_batch(spec, s))
+    parse = tf.autograph.experimental.do_not_convert(lambda s: parse_batch(spec, s, features=features))
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(prefetch if prefetch is not None else tf.data.AUTOTUNE)
 

@@ -24,6 +24,15 @@ class LengthMask(keras.layers.Layer):
 
 
 @keras.utils.register_keras_serializable(package="tfrec_zoo")
+class ValidSteps(keras.layers.Layer):
+    """([B, L] values, [B, L] mask) -> [N] values of the valid steps, row-major (what TargetAttention takes)."""
+
+    def call(self, inputs):
+        values, mask = inputs
+        return tf.boolean_mask(values, tf.cast(mask, tf.bool))
+
+
+@keras.utils.register_keras_serializable(package="tfrec_zoo")
 class MaskedPooling(keras.layers.Layer):
     """Pool [B, L, D] over the valid steps: `mean`, `sum` or `sqrtn` (sum / sqrt(sum of squared weights)).
 

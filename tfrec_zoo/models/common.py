@@ -37,6 +37,17 @@ def embed_fields(spec: FeatureSpec, emb: FeatureEmbeddings, inputs: dict, exclud
     return Fields(cat, dense, vec)
 
 
+def functional_model(inputs: dict, outputs: dict, name: str):
+    """A functional model over only the inputs its outputs use: the serving signature lists what a request must
+    send, and the input pipeline parses nothing else (e.g. DIN ignores a history's behaviour-type field)."""
+    probe = keras.Model(inputs, outputs, name=name)
+    used = {layer.name for layer in probe.layers
+            if isinstance(layer, keras.layers.InputLayer) and layer._outbound_nodes}
+    if used == set(inputs):
+        return probe
+    return keras.Model({k: v for k, v in inputs.items() if k in used}, outputs, name=name)
+
+
 def mlp(x, units: Sequence[int], *, dropout: float = 0.0, activation: str = "relu", name: str = "mlp",
         batch_norm: bool = False):
     for i, u in enumerate(units):

@@ -7,7 +7,7 @@ from .._tf import keras
 from ..inputs import FeatureEmbeddings, build_inputs
 from ..layers import FMInteraction
 from . import register_model
-from .common import concat, embed_fields, head, mlp, pooled_sequences
+from .common import functional_model, concat, embed_fields, head, mlp, pooled_sequences
 
 
 @dataclass(frozen=True)
@@ -40,4 +40,4 @@ def deepfm(spec, artifacts, cfg: DeepFMConfig):
         logit = keras.layers.Add(name="linear_plus_fm")([logit, FMInteraction(name="fm")(stacked)])
     hidden = mlp(everything, cfg.dnn_units, dropout=cfg.dropout, name="dnn")
     outputs = {lab.task: head(lab, hidden, extra_logit=logit) for lab in spec.labels}
-    return keras.Model(inputs, outputs, name="deepfm")
+    return functional_model(inputs, outputs, "deepfm")

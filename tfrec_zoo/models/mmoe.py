@@ -7,7 +7,7 @@ from .._tf import keras
 from ..inputs import FeatureEmbeddings, build_inputs
 from ..layers import MixtureOfExperts
 from . import register_model
-from .common import concat, embed_fields, head, mlp, pooled_sequences
+from .common import functional_model, concat, embed_fields, head, mlp, pooled_sequences
 
 
 @dataclass(frozen=True)
@@ -28,4 +28,4 @@ def mmoe(spec, artifacts, cfg: MMoEConfig):
     task_inputs = MixtureOfExperts(cfg.num_experts, cfg.expert_units, len(labels), cfg.dropout, name="mmoe")(x)
     outputs = {lab.task: head(lab, mlp(t, cfg.tower_units, dropout=cfg.dropout, name=f"tower_{lab.task}"))
                for lab, t in zip(labels, task_inputs)}
-    return keras.Model(inputs, outputs, name="mmoe")
+    return functional_model(inputs, outputs, "mmoe")

@@ -8,7 +8,7 @@ Both sides, in one process, on the same tf_keras 2.20 runtime:
 
 * tfrec_zoo: `din` built from the registry with training/experiments/din-taobao-head.yaml's params and compiled by
   `training.trainer.compile_model` (Adam 1e-3; BCE on `click`, and on `buy` with loss weight 0, masked by click;
-  AUC(2000 thresholds) per task), fed by `train_dataset(exp, data, repeat=True)`, i.e.
+  AUC(2000 thresholds) per task), fed by `train_dataset(exp, data, repeat=True, features=<the model inputs>)` as the trainer does, i.e.
   `DatasetDir.dataset("train", B, shuffle_buffer=100_000, seed=0, repeat=True)`: gzip TFRecords -> shuffle ->
   batch -> parse_example -> pad to 539 -> prefetch. Raw ids go through the in-graph IntegerLookup.
 * DeepCTR: `deepctr.models.DIN` over the same features (user_id, item_id, category_id and the history's item and
@@ -216,7 +216,7 @@ def main() -> int:
 
     tf.keras.utils.set_random_seed(exp.seed)
     zoo_model = compile_model(exp, data)
-    zoo = Runner("tfrec_zoo", zoo_model, train_dataset(exp, data, repeat=True), bs)
+    zoo = Runner("tfrec_zoo", zoo_model, train_dataset(exp, data, repeat=True, features=list(zoo_model.input_names)), bs)
     dc_model = build_deepctr(data, cfg, history, pairs, users, dc)
     from tf_keras.src.engine import data_adapter
 

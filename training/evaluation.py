@@ -6,7 +6,7 @@ cross-entropy. Label masks (e.g. CVR counted only where click = 1) restrict a ta
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 
@@ -49,11 +49,14 @@ def _binary(labels, probs, groups) -> dict[str, float]:
     return res
 
 
-def task_metrics(spec: FeatureSpec, data: dict[str, np.ndarray], rows: np.ndarray | None = None) -> dict[str, dict]:
+def task_metrics(spec: FeatureSpec, data: dict[str, np.ndarray], rows: np.ndarray | None = None,
+                 tasks: Collection[str] | None = None) -> dict[str, dict]:
     user = spec.keys.get("user")
     groups_all = data.get(f"key/{user}") if user else None
     out = {}
     for lab in spec.labels:
+        if tasks is not None and lab.task not in tasks:
+            continue
         y, p, w = data[f"label/{lab.task}"], data[f"pred/{lab.task}"], data[f"weight/{lab.task}"]
         sel = w > 0
         if rows is not None:
@@ -76,16 +79,17 @@ def task_metrics(spec: FeatureSpec, data: dict[str, np.ndarray], rows: np.ndarra
     return out
 
 
-def evaluate_split(model, dataset, spec: FeatureSpec, max_batches: int | None = None) -> dict[str, Any]:
-    """{'overall': {task: metrics}, 'by_domain': {domain: {value: {task: metrics}}}}"""
+def evaluate_split(model, dataset, spec: FeatureSpec, max_batches: int | None = None,
+                   tasks: Collection[str] | None = None) -> dict[str, Any]:
+    """{'overall': {task: metrics}, 'by_domain': {domain: {value: {task: metrics}}}} for `tasks` (default: all)."""
     data = collect(model, dataset, spec, max_batches)
-    result: dict[str, Any] = {"overall": task_metrics(spec, data)}
+    result: dict[str, Any] = {"overall": task_metrics(spec, data, tasks=tasks)}
     for f in spec.of_kind("domain"):
         values = data.get(f"key/{f.name}")
         if values is None:
             continue
         result.setdefault("by_domain", {})[f.name] = {
-            (v.decode() if isinstance(v, bytes) else str(v)): task_metrics(spec, data, values == v)
+            (v.decode() if isinstance(v, bytes) else str(v)): task_metrics(spec, data, values == v, tasks)
             for v in np.unique(values)}
     return result
 

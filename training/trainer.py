@@ -228,6 +228,13 @@ def _atomic_save(model, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def trained_tasks(exp: Experiment, data: DatasetDir) -> list[str]:
+    """Tasks with a non-zero loss weight: a head trained with weight 0 has nothing to report."""
+    weights = {lab.task: lab.loss_weight for lab in data.spec.labels}
+    weights.update({t: float(c["loss_weight"]) for t, c in exp.tasks.items()})
+    return [t for t, w in weights.items() if w > 0]
+
+
 def evaluate_run_model(exp: Experiment, model, data: DatasetDir, run_dir: Path) -> dict[str, Any]:
     ev = exp.evaluation or {}
     results = {}
@@ -236,7 +243,7 @@ def evaluate_run_model(exp: Experiment, model, data: DatasetDir, run_dir: Path) 
             # the model's inputs plus what metrics group by (user for GAUC, domains)
             keys = [c for c in [data.spec.keys.get("user"), *(f.name for f in data.spec.of_kind("domain"))] if c]
             ds = data.dataset(split, 4096, features=model_features(model) + keys)
-            results[split] = evaluate_split(model, ds, data.spec, ev.get("max_batches"))
+            results[split] = evaluate_split(model, ds, data.spec, ev.get("max_batches"), trained_tasks(exp, data))
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     (run_dir / "summary.md").write_text(f"# {exp.name}\n\nmodel `{exp.model}` on `{exp.dataset}`\n\n"
                                         + format_table(results) + "\n")

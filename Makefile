@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test test-slow install clean
+.PHONY: demo test test-slow install bench-deps clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow tests
+
+# DeepCTR, only for benchmarks/train_throughput.py: 0.9.3 pins h5py==3.7.0 (no Python 3.11 wheel), so --no-deps.
+bench-deps: $(STAMP)
+	$(BIN)/pip install -q --no-deps "deepctr==0.9.3"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

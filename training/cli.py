@@ -9,6 +9,7 @@
     tfrec-zoo train EXP.yaml [--set k=v]    train a zoo model (a run directory under runs/)
     tfrec-zoo evaluate RUN_DIR              re-evaluate a finished run
     tfrec-zoo tune EXP.yaml [--max-trials N] Keras Tuner search over the experiment's `tune:` block
+    tfrec-zoo export RUN_DIR --name NAME    TF Serving SavedModel into saved_models/NAME/<version>/
     tfrec-zoo demo                          build ml-latest-small from seeds/, train DIN on it, print its metrics
 """
 from __future__ import annotations
@@ -199,6 +200,13 @@ def _cmd_tune(args) -> int:
     return 0 if result.role == "worker" or result.best else 1
 
 
+def _cmd_export(args) -> int:
+    from training.exporting import export_run
+
+    export_run(args.run_dir, args.name, args.base_dir, keep=args.keep, warmup=args.warmup)
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from tfrec_zoo.data import open_dataset
     from tfrec_zoo.data.builders import build
@@ -293,6 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--runs-root", default="runs")
     tu.add_argument("--quiet", action="store_true")
     tu.set_defaults(fn=_cmd_tune)
+
+    ex = sub.add_parser("export", help="export a trained run for TF Serving (versioned, with warmup, parity-checked)")
+    ex.add_argument("run_dir")
+    ex.add_argument("--name", required=True, help="the model name (a directory under --base-dir)")
+    ex.add_argument("--base-dir", default="saved_models")
+    ex.add_argument("--keep", type=int, default=5, help="how many newest versions to keep")
+    ex.add_argument("--warmup", type=int, default=32, help="validation examples in the warmup requests")
+    ex.set_defaults(fn=_cmd_export)
 
     d = sub.add_parser("demo", help="build ml-latest-small from seeds/, train DIN, print metrics")
     d.add_argument("--out")

@@ -33,14 +33,18 @@ def _id_dtype(tf, dtype: str):
     return tf.int64 if dtype == "int64" else tf.string
 
 
-def _columns_to_parse(spec: FeatureSpec, features: Collection[str] | None) -> dict[str, list[str]] | None:
+def _columns_to_parse(spec: FeatureSpec, features: Collection[str] | None,
+                      labels: bool = True) -> dict[str, list[str]] | None:
     """feature/sequence name -> the stored columns to parse for the `features` asked for (None: everything).
 
-    Labels, and columns that label masks name, are always parsed. A length (`<name>_len`) needs one stored list.
+    Labels, and columns that label masks name, are parsed unless `labels=False` (serving: requests carry none).
+    A length (`<name>_len`) needs one stored list.
     """
-    if features is None:
+    if features is None and labels:
         return None
-    wanted = set(features) | {lab.mask for lab in spec.labels if lab.mask}
+    if features is None:
+        features = [n for f in spec.inputs for n in _input_names(f)]
+    wanted = set(features) | ({lab.mask for lab in spec.labels if lab.mask} if labels else set())
     out: dict[str, list[str]] = {}
     for f in spec.features:
         if isinstance(f, MultiHotFeature):
@@ -52,15 +56,23 @@ def _columns_to_parse(spec: FeatureSpec, features: Collection[str] | None) -> di
                 cols = [f.fields[0].name]
             if cols:
                 out[f.name] = cols
-        elif isinstance(f, LabelFeature) or f.name in wanted:
+        elif (isinstance(f, LabelFeature) and labels) or (not isinstance(f, LabelFeature) and f.name in wanted):
             out[f.name] = [f.name]
     return out
 
 
-def parse_spec_features(spec: FeatureSpec, features: Collection[str] | None = None) -> dict:
+def _input_names(f) -> list[str]:
+    if isinstance(f, SequenceFeature):
+        return [sf.name for sf in f.fields] + [f.length_name]
+    if isinstance(f, MultiHotFeature):
+        return [f.name, f.length_name] + ([f.weights] if f.weights else [])
+    return [f.name]
+
+
+def parse_spec_features(spec: FeatureSpec, features: Collection[str] | None = None, labels: bool = True) -> dict:
     """The `tf.io.parse_example` description of a spec's records (only what `features` needs, when given)."""
     tf = _tf()
-    select = _columns_to_parse(spec, features)
+    select = _columns_to_parse(spec, features, labels)
     desc = {}
     for f in spec.features:
         if select is not None and f.name not in select:
@@ -92,16 +104,22 @@ def _pad(tf, rt, max_len: int, pad_value, width: int = 1):
     return rt.to_tensor(default_value=pad_value, shape=shape), tf.cast(rt.row_lengths(), tf.int32)
 
 
+def parse_features(spec: FeatureSpec, serialized, features: Collection[str] | None = None) -> dict:
+    """Serving-side parsing: a batch of serialized tf.Example -> the input features only (no label needed)."""
+    return parse_batch(spec, serialized, features=features, labels=False)
+
+
 def parse_batch(spec: FeatureSpec, serialized, with_weights: bool | None = None,
-                features: Collection[str] | None = None):
+                features: Collection[str] | None = None, labels: bool = True):
     """Parse a batch of serialized tf.Example into (features, labels[, weights]) as described above.
 
     `features` restricts the parsed inputs to those names (e.g. a model's inputs): unused columns cost nothing.
+    With `labels=False` only the features dict is returned (what a serving signature parses).
     """
     tf = _tf()
-    desc = parse_spec_features(spec, features)
+    desc = parse_spec_features(spec, features, labels)
     raw = tf.io.parse_example(serialized, desc)
-    feats, labels, weights = {}, {}, {}
+    feats, label_values, weights = {}, {}, {}
     for f in spec.features:
         if isinstance(f, MultiHotFeature):
             if f.name not in desc:
@@ -121,26 +139,29 @@ def parse_batch(spec: FeatureSpec, serialized, with_weights: bool | None = None,
             if length is not None:
                 feats[f.length_name] = length
         elif isinstance(f, LabelFeature):
-            labels[f.task] = raw[f.name]
+            if labels:
+                label_values[f.task] = raw[f.name]
         elif f.name in desc:
             feats[f.name] = raw[f.name]
     if features is not None:  # parsed for a mask or a length only: not asked for
         feats = {k: v for k, v in feats.items() if k in features}
+    if not labels:
+        return feats
     mask_columns = {lab.mask: raw[lab.mask] for lab in spec.labels if lab.mask and lab.mask in raw
                     and lab.mask not in {x.name for x in spec.labels}}
     masked = [lab for lab in spec.labels if lab.mask]
     if with_weights is None:
         with_weights = bool(masked)
     if not with_weights:
-        return feats, labels
+        return feats, label_values
     by_name = {lab.name: lab for lab in spec.labels}
     for lab in spec.labels:
         if lab.mask:
             src = by_name[lab.mask].task if lab.mask in by_name else lab.mask
-            weights[lab.task] = labels[src] if lab.mask in by_name else tf.cast(mask_columns[lab.mask], tf.float32)
+            weights[lab.task] = label_values[src] if lab.mask in by_name else tf.cast(mask_columns[lab.mask], tf.float32)
         else:
-            weights[lab.task] = tf.ones_like(labels[lab.task])
-    return feats, labels, weights
+            weights[lab.task] = tf.ones_like(label_values[lab.task])
+    return feats, label_values, weights
 
 
 def make_dataset(spec: FeatureSpec, files: Sequence[str | Path], batch_size: int, *, shuffle_buffer: int = 0,

@@ -1,0 +1,108 @@
+"""TF Serving exports of the baselines: layout, signatures (saved_model_cli), warmup, versions, fresh-process parity."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfrec_zoo._tf import tf
+from tfrec_zoo.data.builders import build
+from tfrec_zoo.serving.export import WARMUP_FILE, export_model, versions
+from training.experiment import load_experiment
+from training.exporting import export_run, fresh_process_outputs, validation_records
+from training.trainer import resolve_dataset, train
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "training" / "experiments"
+ITEM_SIDE = ("movie_id", "genres", "year", "title")   # what a candidate carries; the rest is request context
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    data = root / "ml60"
+    build("ml-latest-small", data, progress=False, log=lambda *_: None, options={"max_users": 60})
+    out = {}
+    for model in ("din", "deepfm", "mmoe"):
+        exp = load_experiment(EXPERIMENTS / f"{model}-ml-latest-small.yaml",
+                              [f"dataset={data}", "epochs=1", "early_stopping=null", "batch_size=512"])
+        out[model] = train(exp, root / model, verbose=0, evaluate=False).run_dir
+    return root, out
+
+
+@pytest.mark.parametrize("model", ["din", "deepfm", "mmoe"])
+def test_export_passes_parity_and_shows_its_signatures(runs, model):
+    root, run_dirs = runs
+    base = root / "saved_models"
+    version = export_run(run_dirs[model], model, base, log=lambda *_: None)
+    assert version == base / model / "1"
+    assert {p.name for p in version.iterdir()} >= {"saved_model.pb", "variables", "assets.extra"}
+    cli = Path(os.environ.get("VIRTUAL_ENV", Path(__import__("sys").executable).parent.parent)) / "bin" / "saved_model_cli"
+    shown = subprocess.run([str(cli), "show", "--dir", str(version), "--all"], capture_output=True, text=True,
+                           timeout=120).stdout
+    for sig in ("serving_default", "rank", "predict_raw"):
+        assert f"signature_def['{sig}']" in shown
+    assert "inputs['examples'] tensor_info:\n        dtype: DT_STRING\n        shape: (-1)" in shown
+    assert "inputs['context'] tensor_info:\n        dtype: DT_STRING\n        shape: ()" in shown
+    assert "outputs['like'] tensor_info:\n        dtype: DT_FLOAT\n        shape: (-1)" in shown
+    assert "inputs['user_id'] tensor_info:\n        dtype: DT_INT64" in shown   # predict_raw takes raw ids
+    # warmup: PredictionLog records holding real serialized examples
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+            for r in tf.data.TFRecordDataset(str(version / "assets.extra" / WARMUP_FILE))]
+    assert len(logs) == 4 and logs[0].predict_log.request.model_spec.signature_name == "serving_default"
+    assert len(logs[0].predict_log.request.inputs["examples"].string_val) == 8
+    assert f'name: "{model}"' in (base / "models.config").read_text()
+
+
+def test_rank_scores_candidates_for_one_context(runs):
+    root, run_dirs = runs
+    version = export_run(run_dirs["din"], "din_rank", root / "sm_rank", log=lambda *_: None)
+    loaded = tf.saved_model.load(str(version))
+    exp = load_experiment(run_dirs["din"] / "config.yaml")
+    records = [tf.train.Example.FromString(r) for r in validation_records(resolve_dataset(exp.dataset), 6)]
+    context, candidates, merged = tf.train.Example(), [], []
+    for key, feat in records[0].features.feature.items():
+        if key not in ITEM_SIDE:
+            context.features.feature[key].CopyFrom(feat)
+    for ex in records:
+        cand = tf.train.Example()
+        for key in ITEM_SIDE:
+            cand.features.feature[key].CopyFrom(ex.features.feature[key])
+        candidates.append(cand.SerializeToString())
+        full = tf.train.Example()
+        full.CopyFrom(context)
+        for key in ITEM_SIDE:
+            full.features.feature[key].CopyFrom(ex.features.feature[key])
+        merged.append(full.SerializeToString())
+    ranked = loaded.signatures["rank"](context=tf.constant(context.SerializeToString()),
+                                       candidates=tf.constant(candidates))
+    direct = loaded.signatures["serving_default"](examples=tf.constant(merged))
+    np.testing.assert_allclose(ranked["like"].numpy(), direct["like"].numpy(), atol=1e-6)
+    assert ranked["like"].shape == (6,) and np.ptp(ranked["like"].numpy()) > 0   # candidates really differ
+
+
+def test_versions_increment_keep_the_newest_and_a_failed_export_leaves_nothing(runs):
+    root, run_dirs = runs
+    base = root / "sm_versions"
+    for _ in range(3):
+        export_run(run_dirs["mmoe"], "m", base, keep=2, parity_rows=16, warmup=0, log=lambda *_: None)
+    assert versions(base / "m") == [2, 3]
+    assert not (base / "m" / "3" / "assets.extra").exists()       # warmup=0 writes none
+    with pytest.raises(ValueError, match="model name 'bad name'"):
+        export_model(None, None, base, "bad name")
+    with pytest.raises(FileExistsError, match="versions are immutable"):
+        export_model(None, None, base, "m", version=3)
+    assert sorted(p.name for p in (base / "m").iterdir()) == ["2", "3"]
+
+
+def test_fresh_process_loads_with_tensorflow_only(runs):
+    root, run_dirs = runs
+    version = export_run(run_dirs["deepfm"], "deepfm_fresh", root / "sm_fresh", warmup=0, log=lambda *_: None)
+    exp = load_experiment(run_dirs["deepfm"] / "config.yaml")
+    recs = validation_records(resolve_dataset(exp.dataset), 5)
+    out = fresh_process_outputs(version, recs)
+    assert set(out) == {"like", "rating"} and out["like"].shape == (5,)

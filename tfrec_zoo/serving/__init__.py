@@ -1,0 +1,1 @@
+"""Serving: TF Serving SavedModel exports (signatures, warmup, versions) and a TF-Serving-API compatible server."""

@@ -1,0 +1,126 @@
+"""TF Serving exports: a trained model + its feature spec -> `BASE/NAME/<version>/`, exactly what TF Serving loads.
+
+Signatures (inputs -> one output per task, named by the task; binary/regression [B], multiclass [B, classes]):
+
+* `serving_default`  `examples`: DT_STRING [-1], serialized tf.Example parsed in-graph with the training spec.
+* `rank`             `context`: DT_STRING [] (one tf.Example with the request-level features: user, history, ...)
+                     + `candidates`: DT_STRING [-1] (one tf.Example per candidate with the item-side features):
+                     one request scores N candidates for one user. Each candidate is the concatenation of the
+                     context's and its own serialized bytes, which tf.Example parsing reads as one merged
+                     example (a key given in both: the candidate's wins, and TF logs it).
+* `predict_raw`      the model's raw tensors (ids, floats, padded sequences + `<name>_len` lengths).
+
+The version is written into a temporary directory beside the target and renamed at the end, so a failed export
+never replaces or half-writes a version; only the newest `keep` versions are kept. `assets.extra/
+tf_serving_warmup_requests` holds PredictionLog records built from real examples, replayed by TF Serving at load.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+from .._tf import tf
+from ..data.reader import parse_features
+from ..features.spec import FeatureSpec
+
+WARMUP_FILE = "tf_serving_warmup_requests"
+
+
+class ServingModule(tf.Module):
+    """The model wrapped with the three signatures above (the keras model is tracked, so its variables and lookup
+    tables are saved; nothing of tfrec_zoo is needed to load it)."""
+
+    def __init__(self, model, spec: FeatureSpec):
+        super().__init__()
+        self.model = model
+        self._spec = spec
+        self._features = list(model.input_names)
+        raw_specs = [tf.TensorSpec(t.shape, t.dtype, name=name) for name, t in zip(model.input_names, model.inputs)]
+        self.serve_examples = tf.function(self._serve_examples,
+                                          input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        self.rank = tf.function(self._rank, input_signature=[tf.TensorSpec([], tf.string, name="context"),
+                                                             tf.TensorSpec([None], tf.string, name="candidates")])
+        # a signature takes flat, named tensors: one positional argument per model input, named by the TensorSpec
+        self.predict_raw = tf.function(self._predict_raw, input_signature=raw_specs)
+
+    def _outputs(self, features: dict) -> dict:
+        out = self.model({k: features[k] for k in self._features}, training=False)
+        return {k: tf.identity(v, name=k) for k, v in out.items()}
+
+    def _serve_examples(self, examples):
+        return self._outputs(parse_features(self._spec, examples, self._features))
+
+    def _rank(self, context, candidates):
+        merged = tf.strings.join([tf.fill(tf.shape(candidates), context), candidates])
+        return self._serve_examples(merged)
+
+    def _predict_raw(self, *tensors):
+        return self._outputs(dict(zip(self._features, tensors)))
+
+    def signatures(self) -> dict:
+        return {"serving_default": self.serve_examples, "rank": self.rank, "predict_raw": self.predict_raw}
+
+
+def versions(model_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit())
+
+
+def warmup_records(name: str, examples: Sequence[bytes], batch: int = 8) -> list[bytes]:
+    """PredictionLog records (serving_default, `batch` examples each) for assets.extra/tf_serving_warmup_requests."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    records = []
+    for start in range(0, len(examples), batch):
+        chunk = list(examples[start:start + batch])
+        req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=name, signature_name="serving_default"))
+        req.inputs["examples"].CopyFrom(tf.make_tensor_proto(chunk, dtype=tf.string, shape=[len(chunk)]))
+        log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req))
+        records.append(log.SerializeToString())
+    return records
+
+
+def export_model(model, spec: FeatureSpec, base_dir: str | Path, name: str, *, warmup_examples: Sequence[bytes] = (),
+                 version: int | None = None, keep: int = 5) -> Path:
+    """Export `model` as version `version` (default: latest + 1) of `base_dir/name`; returns the version dir."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"model name {name!r}: use letters, digits, '_', '.', '-' (it becomes a directory and a URL)")
+    model_dir = Path(base_dir) / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    existing = versions(model_dir)
+    version = version if version is not None else (existing[-1] + 1 if existing else 1)
+    if version in existing:
+        raise FileExistsError(f"{model_dir / str(version)} exists; versions are immutable, export a new one")
+    tmp = model_dir / f".tmp-{version}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        module = ServingModule(model, spec)
+        tf.saved_model.save(module, str(tmp), signatures=module.signatures())
+        if warmup_examples:
+            (tmp / "assets.extra").mkdir()
+            with tf.io.TFRecordWriter(str(tmp / "assets.extra" / WARMUP_FILE)) as w:
+                for rec in warmup_records(name, warmup_examples):
+                    w.write(rec)
+        os.replace(tmp, model_dir / str(version))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in versions(model_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(model_dir / str(old), ignore_errors=True)
+    write_models_config(base_dir)
+    return model_dir / str(version)
+
+
+def write_models_config(base_dir: str | Path) -> Path:
+    """`base_dir/models.config`: TF Serving's model_config_list for every model directory (absolute paths)."""
+    base = Path(base_dir).resolve()
+    entries = []
+    for d in sorted(p for p in base.iterdir() if p.is_dir() and versions(p)):
+        entries.append(f'  config {{\n    name: "{d.name}"\n    base_path: "{d}"\n    model_platform: "tensorflow"\n  }}')
+    text = "model_config_list {\n" + "\n".join(entries) + "\n}\n"
+    path = base / "models.config"
+    tmp = path.with_name(f".models.config.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path

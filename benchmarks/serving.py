@@ -1,0 +1,176 @@
+"""Ranking request latency through an exported SavedModel: 1 user, 200 candidates, a history of 1,000 steps.
+
+    python benchmarks/serving.py --requests 300 --json benchmarks/out/serving.json
+
+The model is DIN on ml-latest-small with the spec's history lengthened to 1,000 (ml-latest-small users have up
+to 2,391 ratings; vocabularies fitted on the real training split), exported with `export_model` (weights as
+initialised: latency does not depend on their values). Each request is the `rank` signature's: one context
+tf.Example (user, time, query vector, the 1,000-step history) + 200 candidate tf.Examples (movie id, genres,
+year, title vector) taken from real rows. Measured side by side in one run, alternating per round:
+
+  in-process    tf.saved_model.load(...).signatures["rank"](...)
+  grpc          `tfrec-zoo serve`'s PredictionService/Predict through the stock tensorflow-serving-api stub
+  rest          POST /v1/models/NAME:predict (columnar `inputs`, b64 examples) with urllib
+
+Retrieval (ScaNN vs brute force over 1M vectors) is `benchmarks/serving_retrieval.py`.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from tfrec_zoo._tf import tf  # noqa: E402
+from tfrec_zoo.data.builders import get_builder  # noqa: E402
+from tfrec_zoo.data.examples import columns_for_examples, serialize_rows  # noqa: E402
+from tfrec_zoo.data.writer import encode_text_features  # noqa: E402
+from tfrec_zoo.features import fit_artifacts, load_spec  # noqa: E402
+from tfrec_zoo.models import build_model  # noqa: E402
+from tfrec_zoo.serving.export import export_model  # noqa: E402
+
+ITEM_SIDE = ("movie_id", "genres", "year", "title")
+
+
+def long_history_spec(max_len: int):
+    spec = load_spec(get_builder("ml-latest-small").spec_path)
+    feats = tuple(dataclasses.replace(f, max_len=max_len) if f.name == "history" else f for f in spec.features)
+    return dataclasses.replace(spec, features=feats)
+
+
+def make_request(spec, frames, n_candidates: int) -> tuple[bytes, list[bytes]]:
+    """A context from the test row with the longest history + candidates from other real rows."""
+    test = frames["test"]
+    row = test.iloc[[int(np.argmax(test["hist_movie_id"].map(len)))]]
+    pool = test.sample(n_candidates, random_state=0)
+    one = serialize_rows(columns_for_examples(row.reset_index(drop=True), spec, "bench"), 1)(0)
+    cands = serialize_rows(columns_for_examples(pool.reset_index(drop=True), spec, "bench"), n_candidates)
+    ctx = tf.train.Example.FromString(one)
+    for key in ITEM_SIDE:
+        del ctx.features.feature[key]
+    out = []
+    for i in range(n_candidates):
+        ex = tf.train.Example.FromString(cands(i))
+        keep = tf.train.Example()
+        for key in ITEM_SIDE:
+            keep.features.feature[key].CopyFrom(ex.features.feature[key])
+        out.append(keep.SerializeToString())
+    return ctx.SerializeToString(), out
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ms = np.asarray(samples) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean()), "n": len(ms)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--candidates", type=int, default=200)
+    ap.add_argument("--history", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", default="benchmarks/out/serving.json")
+    args = ap.parse_args()
+
+    spec = long_history_spec(args.history)
+    frames = get_builder("ml-latest-small").fn(spec, None).splits
+    frames = encode_text_features(frames, spec)
+    artifacts = fit_artifacts(spec, frames["train"])
+    model = build_model("din", spec, artifacts, {})
+    base = Path(tempfile.mkdtemp(prefix="tfrec_serving_"))
+    version = export_model(model, spec, base, "din_long", keep=1)
+    context, candidates = make_request(spec, frames, args.candidates)
+    hist_len = tf.train.Example.FromString(context).features.feature["hist_movie_id"].int64_list.value
+    print(f"request: 1 context (history {len(hist_len)} steps) + {len(candidates)} candidates; export {version}",
+          file=sys.stderr)
+
+    rank = tf.saved_model.load(str(version)).signatures["rank"]
+    ctx_t, cand_t = tf.constant(context), tf.constant(candidates)
+    clients = {"in-process": lambda: rank(context=ctx_t, candidates=cand_t)}
+    server = None
+    try:
+        from tfrec_zoo.serving.server import ModelServer  # noqa: F401 - optional until the server lands
+
+        server, extra = start_server(base, context, candidates)
+        clients.update(extra)
+    except ImportError as e:
+        print(f"note: no server measured ({e})", file=sys.stderr)
+    try:
+        results = {name: [] for name in clients}
+        for name, call in clients.items():
+            for _ in range(10):  # warm-up
+                call()
+        for r in range(args.rounds):
+            order = list(clients) if r % 2 == 0 else list(reversed(clients))
+            for name in order:
+                for _ in range(args.requests // args.rounds):
+                    t0 = time.perf_counter()
+                    call = clients[name]
+                    call()
+                    results[name].append(time.perf_counter() - t0)
+    finally:
+        if server is not None:
+            server.stop()
+    table = {name: percentiles(v) for name, v in results.items()}
+    print(f"\nDIN rank request: 1 user, {args.candidates} candidates, history {len(hist_len)}; "
+          f"{args.requests} requests each, {args.rounds} alternating rounds, {os.cpu_count()} cores")
+    print("| path | p50 ms | p99 ms | mean ms |\n|---|---|---|---|")
+    for name, s in table.items():
+        print(f"| {name} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {s['mean_ms']:.1f} |")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"candidates": args.candidates, "history": len(hist_len), "latency": table},
+                              indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def start_server(base: Path, context: bytes, candidates: list[bytes]):
+    """Start `tfrec-zoo serve` in this process on free ports; return (server, {path: request function})."""
+    import socket
+    import urllib.request
+
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from tfrec_zoo.serving.server import ModelServer
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    gport, rport = free_port(), free_port()
+    server = ModelServer(str(base), grpc_port=gport, rest_port=rport)
+    server.start()
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{gport}"))
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name, req.model_spec.signature_name = "din_long", "rank"
+    req.inputs["context"].CopyFrom(tf.make_tensor_proto(context, dtype=tf.string))
+    req.inputs["candidates"].CopyFrom(tf.make_tensor_proto(candidates, dtype=tf.string, shape=[len(candidates)]))
+    body = json.dumps({"signature_name": "rank", "inputs": {
+        "context": {"b64": base64.b64encode(context).decode()},
+        "candidates": [{"b64": base64.b64encode(c).decode()} for c in candidates]}}).encode()
+    url = f"http://127.0.0.1:{rport}/v1/models/din_long:predict"
+
+    def rest():
+        r = urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"}), timeout=30)
+        return r.read()
+
+    return server, {"grpc": lambda: stub.Predict(req, timeout=30), "rest": rest}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

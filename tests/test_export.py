@@ -106,3 +106,36 @@ def test_fresh_process_loads_with_tensorflow_only(runs):
     recs = validation_records(resolve_dataset(exp.dataset), 5)
     out = fresh_process_outputs(version, recs)
     assert set(out) == {"like", "rating"} and out["like"].shape == (5,)
+
+
+def test_exported_baselines_are_served_to_the_stock_clients(runs):
+    import base64
+    import json
+    import urllib.request
+
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from tfrec_zoo.serving.server import ModelServer
+    from training.exporting import fresh_process_outputs
+
+    root, run_dirs = runs
+    base = root / "sm_served"
+    for model in ("din", "deepfm", "mmoe"):
+        export_run(run_dirs[model], model, base, warmup=8, parity_rows=16, log=lambda *_: None)
+    exp = load_experiment(run_dirs["din"] / "config.yaml")
+    recs = validation_records(resolve_dataset(exp.dataset), 7)
+    with ModelServer(str(base), grpc_port=0, rest_port=0, host="127.0.0.1", poll_seconds=60) as server:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+        for model in ("din", "deepfm", "mmoe"):
+            expected = fresh_process_outputs(base / model / "1", recs)
+            req = predict_pb2.PredictRequest()
+            req.model_spec.name = model
+            req.inputs["examples"].CopyFrom(tf.make_tensor_proto(recs, dtype=tf.string, shape=[len(recs)]))
+            resp = stub.Predict(req, timeout=30)
+            np.testing.assert_allclose(tf.make_ndarray(resp.outputs["like"]), expected["like"], atol=1e-5)
+            body = json.dumps({"instances": [{"b64": base64.b64encode(r).decode()} for r in recs]}).encode()
+            url = f"http://127.0.0.1:{server.rest_port}/v1/models/{model}:predict"
+            out = json.loads(urllib.request.urlopen(urllib.request.Request(url, body), timeout=30).read())
+            np.testing.assert_allclose([p["like"] for p in out["predictions"]], expected["like"], atol=1e-5)

@@ -10,6 +10,7 @@
     tfrec-zoo evaluate RUN_DIR              re-evaluate a finished run
     tfrec-zoo tune EXP.yaml [--max-trials N] Keras Tuner search over the experiment's `tune:` block
     tfrec-zoo export RUN_DIR --name NAME    TF Serving SavedModel into saved_models/NAME/<version>/
+    tfrec-zoo serve [--model-base-dir saved_models] [--grpc-port 8500] [--rest-port 8501]   TF Serving APIs
     tfrec-zoo demo                          build ml-latest-small from seeds/, train DIN on it, print its metrics
 """
 from __future__ import annotations
@@ -310,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--warmup", type=int, default=32, help="validation examples in the warmup requests")
     ex.set_defaults(fn=_cmd_export)
 
+    sub.add_parser("serve", help="TF Serving-compatible gRPC + REST model server (tfrec-zoo serve -h)")
+
     d = sub.add_parser("demo", help="build ml-latest-small from seeds/, train DIN, print metrics")
     d.add_argument("--out")
     d.add_argument("--runs-root", default="runs")
@@ -318,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # the server parses its own flags (tfrec_zoo/serving/server.py)
+        from tfrec_zoo.serving.server import main as serve_main
+
+        return serve_main(argv[1:], prog="tfrec-zoo serve")
     args = build_parser().parse_args(argv)
     from tfrec_zoo.features import FeatureSpecError
 

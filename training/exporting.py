@@ -13,14 +13,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from tfrec_zoo._tf import keras, tf
+from tfrec_zoo._tf import tf
 from tfrec_zoo.data.reader import parse_features
 from tfrec_zoo.serving.export import export_model, write_models_config
 
-from .experiment import parse_experiment
-from .trainer import resolve_dataset
+from .trainer import load_run
 
 _FRESH_PROCESS = """
 import json, sys
@@ -54,12 +52,7 @@ def fresh_process_outputs(version_dir: Path, records: list[bytes]) -> dict[str, 
 
 def export_run(run_dir: str | Path, name: str, base_dir: str | Path = "saved_models", *, keep: int = 5,
                warmup: int = 32, parity_rows: int = 256, log=print) -> Path:
-    run_dir = Path(run_dir)
-    if not (run_dir / "model").exists():
-        raise FileNotFoundError(f"{run_dir}: no trained model (run_dir/model); train it first")
-    exp = parse_experiment(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
-    data = resolve_dataset(exp.dataset, log)
-    model = keras.models.load_model(run_dir / "model", compile=False)
+    _, data, model = load_run(run_dir, log)
     records = validation_records(data, max(warmup, parity_rows))
     version_dir = export_model(model, data.spec, base_dir, name, warmup_examples=records[:warmup], keep=keep)
     feats = parse_features(data.spec, tf.constant(records), list(model.input_names))

@@ -250,12 +250,16 @@ def evaluate_run_model(exp: Experiment, model, data: DatasetDir, run_dir: Path) 
     return results
 
 
-def evaluate_run(run_dir: str | Path, log=print) -> dict[str, Any]:
-    """Re-evaluate a finished run directory from its saved model (`tfrec-zoo evaluate RUN_DIR`)."""
+def load_run(run_dir: str | Path, log=print) -> tuple[Experiment, DatasetDir, Any]:
+    """(experiment, dataset, trained keras model) of a finished run directory."""
     run_dir = Path(run_dir)
     if not (run_dir / "model").exists():
         raise FileNotFoundError(f"{run_dir}: no trained model (run_dir/model); train first")
     exp = parse_experiment(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
-    data = resolve_dataset(exp.dataset, log)
-    model = keras.models.load_model(run_dir / "model", compile=False)
-    return evaluate_run_model(exp, model, data, run_dir)
+    return exp, resolve_dataset(exp.dataset, log), keras.models.load_model(run_dir / "model", compile=False)
+
+
+def evaluate_run(run_dir: str | Path, log=print) -> dict[str, Any]:
+    """Re-evaluate a finished run directory from its saved model (`tfrec-zoo evaluate RUN_DIR`)."""
+    exp, data, model = load_run(run_dir, log)
+    return evaluate_run_model(exp, model, data, Path(run_dir))

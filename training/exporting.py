@@ -23,6 +23,8 @@ from .trainer import load_run
 _FRESH_PROCESS = """
 import json, sys
 import numpy as np, tensorflow as tf
+for extra in sys.argv[3:]:  # op libraries a graph needs (scann), imported as TF Serving links them
+    __import__(extra)
 loaded = tf.saved_model.load(sys.argv[1])
 records = [bytes.fromhex(h) for h in json.loads(open(sys.argv[2]).read())]
 out = loaded.signatures["serving_default"](examples=tf.constant(records, dtype=tf.string))
@@ -36,12 +38,13 @@ def validation_records(data, n: int, split: str = "valid") -> list[bytes]:
     return [r.numpy() for r in ds.take(n)]
 
 
-def fresh_process_outputs(version_dir: Path, records: list[bytes]) -> dict[str, np.ndarray]:
-    """serving_default of an exported version, evaluated by a new Python that imports TensorFlow only."""
+def fresh_process_outputs(version_dir: Path, records: list[bytes], imports: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """serving_default of an exported version, evaluated by a new Python that imports TensorFlow only (plus
+    `imports`, e.g. scann for a ScaNN top-K graph)."""
     tmp = version_dir.parent / f".parity-{version_dir.name}.json"
     tmp.write_text(json.dumps([r.hex() for r in records]))
     try:
-        p = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, str(version_dir), str(tmp)], capture_output=True,
+        p = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, str(version_dir), str(tmp), *imports], capture_output=True,
                            text=True, timeout=600, env={"TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"})
     finally:
         tmp.unlink(missing_ok=True)

@@ -33,12 +33,18 @@ class ServingModule(tf.Module):
     """The model wrapped with the three signatures above (the keras model is tracked, so its variables and lookup
     tables are saved; nothing of tfrec_zoo is needed to load it)."""
 
-    def __init__(self, model, spec: FeatureSpec):
+    def __init__(self, model, spec: FeatureSpec, *, call=None, input_model=None, rank: bool = True):
+        """`model` is tracked (saved); `call(features) -> dict or tensor` defaults to the keras model itself and
+        `input_model` (whose inputs the request carries) to `model`: a top-K module passes its query tower."""
         super().__init__()
         self.model = model
         self._spec = spec
-        self._features = list(model.input_names)
-        raw_specs = [tf.TensorSpec(t.shape, t.dtype, name=name) for name, t in zip(model.input_names, model.inputs)]
+        self._call = call or (lambda features: model(features, training=False))
+        inputs_of = input_model or model
+        self._features = list(inputs_of.input_names)
+        self._with_rank = rank
+        raw_specs = [tf.TensorSpec(t.shape, t.dtype, name=name)
+                     for name, t in zip(inputs_of.input_names, inputs_of.inputs)]
         self.serve_examples = tf.function(self._serve_examples,
                                           input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
         self.rank = tf.function(self._rank, input_signature=[tf.TensorSpec([], tf.string, name="context"),
@@ -47,7 +53,9 @@ class ServingModule(tf.Module):
         self.predict_raw = tf.function(self._predict_raw, input_signature=raw_specs)
 
     def _outputs(self, features: dict) -> dict:
-        out = self.model({k: features[k] for k in self._features}, training=False)
+        out = self._call({k: features[k] for k in self._features})
+        if not isinstance(out, dict):  # a tower: one vector per row
+            out = {"embedding": out}
         return {k: tf.identity(v, name=k) for k, v in out.items()}
 
     def _serve_examples(self, examples):
@@ -61,7 +69,10 @@ class ServingModule(tf.Module):
         return self._outputs(dict(zip(self._features, tensors)))
 
     def signatures(self) -> dict:
-        return {"serving_default": self.serve_examples, "rank": self.rank, "predict_raw": self.predict_raw}
+        sigs = {"serving_default": self.serve_examples, "predict_raw": self.predict_raw}
+        if self._with_rank:
+            sigs["rank"] = self.rank
+        return sigs
 
 
 def versions(model_dir: Path) -> list[int]:
@@ -83,8 +94,10 @@ def warmup_records(name: str, examples: Sequence[bytes], batch: int = 8) -> list
 
 
 def export_model(model, spec: FeatureSpec, base_dir: str | Path, name: str, *, warmup_examples: Sequence[bytes] = (),
-                 version: int | None = None, keep: int = 5) -> Path:
-    """Export `model` as version `version` (default: latest + 1) of `base_dir/name`; returns the version dir."""
+                 version: int | None = None, keep: int = 5, module: ServingModule | None = None,
+                 options=None) -> Path:
+    """Export `model` (or a prepared `module`) as version `version` (default: latest + 1) of `base_dir/name`;
+    returns the version dir."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ValueError(f"model name {name!r}: use letters, digits, '_', '.', '-' (it becomes a directory and a URL)")
     model_dir = Path(base_dir) / name
@@ -96,8 +109,8 @@ def export_model(model, spec: FeatureSpec, base_dir: str | Path, name: str, *, w
     tmp = model_dir / f".tmp-{version}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        module = ServingModule(model, spec)
-        tf.saved_model.save(module, str(tmp), signatures=module.signatures())
+        module = module or ServingModule(model, spec)
+        tf.saved_model.save(module, str(tmp), signatures=module.signatures(), options=options)
         if warmup_examples:
             (tmp / "assets.extra").mkdir()
             with tf.io.TFRecordWriter(str(tmp / "assets.extra" / WARMUP_FILE)) as w:
@@ -124,3 +137,28 @@ def write_models_config(base_dir: str | Path) -> Path:
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def export_retrieval(model, spec: FeatureSpec, artifacts, base_dir: str | Path, name: str, *, k: int = 100,
+                     warmup_examples: Sequence[bytes] = (), keep: int = 5, scann: bool = True) -> dict[str, Path]:
+    """A two-tower model as four TF Serving models: NAME_query and NAME_item (the towers: `embedding`),
+    NAME_topk (query tower + exact top-K over every item: `ids`, `scores`; stock TF ops) and NAME_topk_scann
+    (the same through ScaNN: needs scann's ops, i.e. the ScaNN build of TF Serving). Each takes serialized
+    tf.Example (`serving_default`) or raw tensors (`predict_raw`)."""
+    from ..models.two_tower import item_embeddings
+    from ..retrieval import brute_force_topk_model, scann_topk_model
+
+    ids, vectors = item_embeddings(model, artifacts)
+    out = {}
+    for suffix, tower in (("query", model.query_model), ("item", model.item_model)):
+        out[suffix] = export_model(tower, spec, base_dir, f"{name}_{suffix}", warmup_examples=warmup_examples,
+                                   keep=keep, module=ServingModule(tower, spec, rank=False))
+    topks = [("topk", brute_force_topk_model(model.query_model, ids, vectors, k), None)]
+    if scann:
+        topks.append(("topk_scann", scann_topk_model(model.query_model, ids, vectors, k),
+                      tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])))
+    for suffix, topk, options in topks:
+        module = ServingModule(topk, spec, call=topk._serve, input_model=model.query_model, rank=False)
+        out[suffix] = export_model(topk, spec, base_dir, f"{name}_{suffix}", warmup_examples=warmup_examples,
+                                   keep=keep, module=module, options=options)
+    return out

@@ -30,25 +30,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from tfrec_zoo.data import make_dataset, write_dataset  # noqa: E402
-from tfrec_zoo.data.interactions import assign_splits, attach_histories, chronological  # noqa: E402
+from tfrec_zoo.data.interactions import attach_histories, chronological  # noqa: E402
 from tfrec_zoo.data.reader import parse_batch, parse_spec_features  # noqa: E402
-from tfrec_zoo.features import parse_spec  # noqa: E402
-from tfrec_zoo.paths import seeds_data_dir  # noqa: E402
+from tfrec_zoo.features import load_spec  # noqa: E402
+from tfrec_zoo.paths import feature_specs_dir, seeds_data_dir  # noqa: E402
 
-SPEC = parse_spec({
-    "name": "pipeline-bench",
-    "keys": {"user": "user_id", "item": "movie_id", "time": "timestamp"},
-    "features": [
-        {"name": "user_id", "kind": "id"},
-        {"name": "movie_id", "kind": "id"},
-        {"name": "genres", "kind": "multi_hot", "dtype": "string", "max_len": 8},
-        {"name": "timestamp", "kind": "dense"},
-        {"name": "item_vec", "kind": "vector", "dim": 64, "produced_by": "fixed Gaussian per movie"},
-        {"name": "history", "kind": "sequence", "max_len": 50,
-         "fields": [{"name": "hist_movie_id", "source": "movie_id", "shares_embedding_with": "movie_id"}]},
-        {"name": "like", "kind": "label"},
-    ],
-}, "benchmarks/pipeline.py")
+SPEC = load_spec(feature_specs_dir() / "pipeline-bench.yaml")
 
 
 def make_frame(rows: int) -> pd.DataFrame:

@@ -146,6 +146,8 @@ def train(exp: Experiment, run_dir: str | Path, *, strategy=None, verbose: int =
           evaluate: bool = True, callbacks: list | None = None) -> RunResult:
     """Fit `exp` into `run_dir` (resuming from run_dir/backup if a previous attempt was cut short)."""
     run_dir = Path(run_dir)
+    # the dataset first: a wrong `dataset:` fails before a run directory is created
+    data = resolve_dataset(exp.dataset, log)
     run_dir.mkdir(parents=True, exist_ok=True)
     strategy = strategy or tf.distribute.get_strategy()
     # distributed (training/distribute.py): only the chief writes run_dir's own files; other MWMS workers would
@@ -157,7 +159,6 @@ def train(exp: Experiment, run_dir: str | Path, *, strategy=None, verbose: int =
             raise ValueError(f"{run_dir} holds a run of another config; use a new run directory to start over")
         config.write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
     tf.keras.utils.set_random_seed(exp.seed)
-    data = resolve_dataset(exp.dataset, log)
     with strategy.scope():
         model = build_model(exp.model, data.spec, data.artifacts, exp.params, source=f"{exp.source}: params")
         # restore and freeze before compiling, so the optimizer only sees what stays trainable

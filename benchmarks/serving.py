@@ -12,7 +12,9 @@ year, title vector) taken from real rows. Measured side by side in one run, alte
   grpc          `tfrec-zoo serve`'s PredictionService/Predict through the stock tensorflow-serving-api stub
   rest          POST /v1/models/NAME:predict (columnar `inputs`, b64 examples) with urllib
 
-Retrieval (ScaNN vs brute force over 1M vectors) is `benchmarks/serving_retrieval.py`.
+`--part retrieval` (or `all`, the default) then runs `benchmarks/serving_retrieval.py` in the same process:
+ScaNN vs brute force over 1M item vectors, recall@100 against exact and queries/s side by side (its options after
+`--`, e.g. `python benchmarks/serving.py --part retrieval -- --n-items 100000`).
 """
 from __future__ import annotations
 
@@ -77,13 +79,24 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=["ranking", "retrieval", "all"], default="all")
+    ap.add_argument("retrieval_args", nargs="*", help="after --: options of benchmarks/serving_retrieval.py")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--candidates", type=int, default=200)
     ap.add_argument("--history", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", default="benchmarks/out/serving.json")
     args = ap.parse_args()
+    rc = ranking(args) if args.part in ("ranking", "all") else 0
+    if args.part in ("retrieval", "all"):
+        sys.path.insert(0, str(Path(__file__).parent))
+        import serving_retrieval
 
+        rc = rc or serving_retrieval.main(args.retrieval_args)
+    return rc
+
+
+def ranking(args) -> int:
     spec = long_history_spec(args.history)
     frames = get_builder("ml-latest-small").fn(spec, None).splits
     frames = encode_text_features(frames, spec)

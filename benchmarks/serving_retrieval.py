@@ -185,7 +185,7 @@ def recall(approx: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(a[:k].tolist()) & set(e.tolist())) / k for a, e in zip(approx, exact)]))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-items", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=64)
@@ -198,7 +198,7 @@ def main() -> int:
     ap.add_argument("--train-epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "serving_retrieval.json"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     def log(*a):
         print(*a, file=sys.stderr, flush=True)

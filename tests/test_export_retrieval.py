@@ -81,3 +81,35 @@ def test_served_topk_answers_the_stock_grpc_client(exported):
         req.inputs["examples"].CopyFrom(tf.make_tensor_proto(records, dtype=tf.string, shape=[len(records)]))
         resp = stub.Predict(req, timeout=30)
     np.testing.assert_array_equal(tf.make_ndarray(resp.outputs["ids"]), expected["ids"])
+
+
+def test_two_tower_experiment_trains_evaluates_and_exports_from_the_cli_path(tmp_path):
+    """`tfrec-zoo train` / `evaluate` / `export` on a two-tower experiment: full-corpus retrieval metrics in
+    metrics.json, the run reloads with its towers, and export writes the four parity-checked TF Serving models."""
+    import json
+
+    import yaml
+
+    from training.cli import main
+
+    build("ml-latest-small", tmp_path / "ml60", progress=False, log=lambda *_: None, options={"max_users": 60})
+    exp = yaml.safe_load((Path(__file__).parents[1] / "training/experiments/two_tower-ml-latest-small.yaml")
+                         .read_text())
+    exp.update(dataset=str(tmp_path / "ml60"), epochs=2, params={**exp["params"], "output_dim": 8,
+                                                                  "query_units": [16]})
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "exp.yaml"), "--run-dir", str(run), "--quiet"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    test = metrics["test"]["overall"]
+    assert set(test) == {"two_tower (filtered)", "two_tower (all)", "popularity (filtered)", "popularity (all)"}
+    assert 0 < test["two_tower (filtered)"]["recall@100"] <= 1 and metrics["test"]["protocol"]["users"] > 0
+    assert "val_recall@50" in (run / "history.csv").read_text().splitlines()[0]   # the stopper's score is logged
+    assert main(["export", str(run), "--name", "tt", "--base-dir", str(tmp_path / "sm"), "--k", "20"]) == 0
+    for suffix in ("query", "item", "topk", "topk_scann"):
+        assert (tmp_path / "sm" / f"tt_{suffix}" / "1" / "assets.extra" / "tf_serving_warmup_requests").exists()
+    assert (tmp_path / "sm" / "models.config").read_text().count("config {") == 4
+    data = open_dataset(tmp_path / "ml60")
+    records = validation_records(data, 8)
+    served = fresh_process_outputs(tmp_path / "sm" / "tt_topk" / "1", records)
+    assert served["ids"].shape == (8, 20) and np.all(np.diff(served["scores"], axis=1) <= 1e-6)

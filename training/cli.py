@@ -204,7 +204,8 @@ def _cmd_tune(args) -> int:
 def _cmd_export(args) -> int:
     from training.exporting import export_run
 
-    export_run(args.run_dir, args.name, args.base_dir, keep=args.keep, warmup=args.warmup)
+    export_run(args.run_dir, args.name, args.base_dir, keep=args.keep, warmup=args.warmup, k=args.k,
+               scann=not args.no_scann)
     return 0
 
 
@@ -309,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--base-dir", default="saved_models")
     ex.add_argument("--keep", type=int, default=5, help="how many newest versions to keep")
     ex.add_argument("--warmup", type=int, default=32, help="validation examples in the warmup requests")
+    ex.add_argument("--k", type=int, default=100, help="retrieval models: how many items the top-K exports return")
+    ex.add_argument("--no-scann", action="store_true",
+                    help="retrieval models: skip NAME_topk_scann (it needs the ScaNN build of TF Serving)")
     ex.set_defaults(fn=_cmd_export)
 
     sub.add_parser("serve", help="TF Serving-compatible gRPC + REST model server (tfrec-zoo serve -h)")

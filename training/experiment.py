@@ -66,7 +66,7 @@ _TYPES = {"name": str, "dataset": str, "model": str, "params": dict, "tasks": di
 _REQUIRED = ("name", "dataset", "model")
 _SUBKEYS = {"optimizer": {"name", "learning_rate", "clipnorm"},
             "early_stopping": {"monitor", "mode", "patience", "min_delta"},
-            "evaluation": {"splits", "group_by", "domain", "max_batches"},
+            "evaluation": {"splits", "group_by", "domain", "max_batches", "ks", "max_users"},
             "restore": {"checkpoint", "include", "exclude", "freeze", "freeze_level"},
             "tune": {"algorithm", "max_trials", "objective", "direction", "space", "epochs", "executions_per_trial",
                      "max_epochs", "factor"}}

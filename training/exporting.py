@@ -18,7 +18,7 @@ from tfrec_zoo._tf import tf
 from tfrec_zoo.data.reader import parse_features
 from tfrec_zoo.serving.export import export_model, write_models_config
 
-from .trainer import load_run
+from .trainer import is_retrieval, load_run
 
 _FRESH_PROCESS = """
 import json, sys
@@ -54,19 +54,79 @@ def fresh_process_outputs(version_dir: Path, records: list[bytes], imports: tupl
 
 
 def export_run(run_dir: str | Path, name: str, base_dir: str | Path = "saved_models", *, keep: int = 5,
-               warmup: int = 32, parity_rows: int = 256, log=print) -> Path:
+               warmup: int = 32, parity_rows: int = 256, k: int = 100, scann: bool = True, log=print):
+    """Export a run; returns the version dir (ranking models) or {suffix: version dir} (retrieval models: see
+    `export_retrieval_run`)."""
     _, data, model = load_run(run_dir, log)
     records = validation_records(data, max(warmup, parity_rows))
+    if is_retrieval(model):
+        return export_retrieval_run(model, data, name, base_dir, records, keep=keep, warmup=warmup, k=k,
+                                    scann=scann, log=log)
     version_dir = export_model(model, data.spec, base_dir, name, warmup_examples=records[:warmup], keep=keep)
     feats = parse_features(data.spec, tf.constant(records), list(model.input_names))
     expected = {k: np.asarray(v) for k, v in model(feats, training=False).items()}
-    served = fresh_process_outputs(version_dir, records)
-    worst = max(float(np.max(np.abs(served[k] - expected[k]))) for k in expected)
-    if set(served) != set(expected) or worst > 1e-5:
-        shutil.rmtree(version_dir, ignore_errors=True)
-        write_models_config(base_dir)
-        raise RuntimeError(f"{version_dir}: served outputs differ from the model's (max abs diff {worst:.2e}); removed")
+    worst = _check_parity(version_dir, expected, records)
     log(f"exported {version_dir} (signatures serving_default, rank, predict_raw; outputs {sorted(expected)}; "
         f"{min(warmup, len(records))} warmup examples); fresh-process parity on {len(records)} validation examples: "
         f"max abs diff {worst:.1e}")
     return version_dir
+
+
+def _check_parity(version_dir: Path, expected: dict, records, imports=(), exact: tuple[str, ...] = ()) -> float:
+    """Max abs difference between a fresh process's serving_default and `expected`; `exact` outputs must be equal.
+    A mismatching version is removed (so TF Serving never picks it up) and the error raised."""
+    served = fresh_process_outputs(version_dir, records, imports)
+    equal = set(served) == set(expected)
+    worst = max((float(np.max(np.abs(served[k].astype(np.float64) - np.asarray(expected[k], np.float64))))
+                 for k in expected if k not in exact), default=0.0) if equal else float("inf")
+    equal = equal and all(np.array_equal(served[k], np.asarray(expected[k])) for k in exact)
+    if not equal or worst > 1e-5:
+        base = version_dir.parent.parent
+        shutil.rmtree(version_dir, ignore_errors=True)
+        write_models_config(base)
+        raise RuntimeError(f"{version_dir}: served outputs differ from the model's (max abs diff {worst:.2e}"
+                           f"{'' if equal else '; outputs ' + str(sorted(served)) + ' vs ' + str(sorted(expected)) + ' or ' + '/'.join(exact) + ' differ'}); removed")
+    return worst
+
+
+def export_retrieval_run(model, data, name: str, base_dir, records, *, keep: int = 5, warmup: int = 32,
+                         k: int = 100, scann: bool = True, log=print) -> dict[str, Path]:
+    """A trained two-tower as NAME_query, NAME_item, NAME_topk (exact; stock TF Serving) and NAME_topk_scann
+    (needs scann's ops: the ScaNN build of TF Serving), each checked in a fresh process on validation examples:
+    towers and the exact top-K against the in-memory model (ids equal, scores 1e-5); the ScaNN top-K loads with
+    `import scann` and serves what the saved index returns in this process (ids equal)."""
+    from tfrec_zoo.models.two_tower import item_embeddings
+    from tfrec_zoo.retrieval import brute_force_topk_model
+    from tfrec_zoo.serving.export import export_retrieval
+
+    paths = export_retrieval(model, data.spec, data.artifacts, base_dir, name, k=k, warmup_examples=records[:warmup],
+                             keep=keep, scann=scann)
+    records_t = tf.constant(records)
+    q_feats = parse_features(data.spec, records_t, list(model.query_model.input_names))
+    i_feats = parse_features(data.spec, records_t, list(model.item_model.input_names))
+    ids, vectors = item_embeddings(model, data.artifacts)
+    expected = {"query": {"embedding": model.query_model(q_feats).numpy()},
+                "item": {"embedding": model.item_model(i_feats).numpy()},
+                "topk": {k_: v.numpy() for k_, v in brute_force_topk_model(model.query_model, ids, vectors,
+                                                                           k)(q_feats).items()}}
+    report = []
+    try:
+        for suffix in ("query", "item", "topk"):
+            diff = _check_parity(paths[suffix], expected[suffix], records, exact=("ids",) if suffix == "topk" else ())
+            report.append(f"{name}_{suffix} {diff:.1e}")
+        if "topk_scann" in paths:
+            # the index is rebuilt from its saved tensors at load: compare with this process's load of the export
+            loaded = tf.saved_model.load(str(paths["topk_scann"])).signatures["serving_default"]
+            in_process = {k_: v.numpy() for k_, v in loaded(examples=records_t).items()}
+            diff = _check_parity(paths["topk_scann"], in_process, records, imports=("scann",), exact=("ids",))
+            report.append(f"{name}_topk_scann {diff:.1e} (with import scann)")
+    except Exception:
+        for p in paths.values():                    # all four or none: a half-exported model is not servable
+            if p.exists():
+                shutil.rmtree(p, ignore_errors=True)
+        write_models_config(base_dir)
+        raise
+    log(f"exported {', '.join(str(p) for p in paths.values())} (top-{k} over {len(ids):,} items; "
+        f"{min(warmup, len(records))} warmup examples); fresh-process parity on {len(records)} validation "
+        f"examples, max abs diff: {'; '.join(report)}")
+    return paths

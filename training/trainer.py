@@ -168,17 +168,27 @@ def train(exp: Experiment, run_dir: str | Path, *, strategy=None, verbose: int =
         (run_dir / "restore.json").write_text(json.dumps(report.to_dict(), indent=1))
     # ParameterServerStrategy: BackupAndRestore skips batch hooks there, so it can only back up per epoch
     backup_freq = "epoch" if is_parameter_server(strategy) else _backup_freq(exp, data)
-    cbs = [keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq=backup_freq),
-           keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoints" / "ckpt-{epoch:03d}"), save_weights_only=True),
-           keras.callbacks.TensorBoard(str(run_dir / "logs"), update_freq=100)]
+    # early stopping first: a retrieval stopper writes its score into the epoch logs the CSV / TensorBoard loggers read
+    stoppers = []
+    if exp.early_stopping and is_retrieval(model) and _retrieval_monitor(exp.early_stopping["monitor"]):
+        # full-corpus recall / NDCG on the valid split after each epoch (training/retrieval.py)
+        from .retrieval import RetrievalEarlyStopping
+
+        es = exp.early_stopping
+        stoppers.append(RetrievalEarlyStopping(data, _retrieval_monitor(es["monitor"]),
+                                               patience=int(es.get("patience", 1))))
+    elif exp.early_stopping:
+        es = exp.early_stopping
+        stoppers.append(keras.callbacks.EarlyStopping(monitor=es["monitor"], mode=es.get("mode", "auto"),
+                                                      patience=int(es.get("patience", 1)),
+                                                      min_delta=float(es.get("min_delta", 0.0)),
+                                                      restore_best_weights=True))
+    cbs = stoppers + [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq=backup_freq),
+        keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoints" / "ckpt-{epoch:03d}"), save_weights_only=True),
+        keras.callbacks.TensorBoard(str(run_dir / "logs"), update_freq=100)]
     if chief:  # CSVLogger has no multi-worker handling of its own
         cbs.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True))
-    if exp.early_stopping:
-        es = exp.early_stopping
-        cbs.append(keras.callbacks.EarlyStopping(monitor=es["monitor"], mode=es.get("mode", "auto"),
-                                                 patience=int(es.get("patience", 1)),
-                                                 min_delta=float(es.get("min_delta", 0.0)),
-                                                 restore_best_weights=True))
     cbs += callbacks or []
     has_valid = "valid" in data.manifest["splits"]
     features = model_features(model)
@@ -210,6 +220,19 @@ def train(exp: Experiment, run_dir: str | Path, *, strategy=None, verbose: int =
     return RunResult(run_dir, metrics, history.history, seconds, model)
 
 
+def is_retrieval(model) -> bool:
+    """Retrieval models (the two-tower) are evaluated over the full corpus and export as towers + top-K."""
+    from tfrec_zoo.models.two_tower import TwoTowerModel
+
+    return isinstance(model, TwoTowerModel)
+
+
+def _retrieval_monitor(monitor: str) -> str | None:
+    """"val_recall@50" -> "recall@50" (a full-corpus metric RetrievalEarlyStopping computes); else None."""
+    name = monitor[4:] if monitor.startswith("val_") else ""
+    return name if name.split("@")[0] in ("recall", "hitrate", "ndcg") and "@" in name else None
+
+
 def _backup_freq(exp: Experiment, data: DatasetDir):
     steps = exp.steps_per_epoch or -(-data.rows("train") // exp.batch_size)
     # a backup every ~tenth of an epoch bounds what a kill loses without slowing training measurably
@@ -238,6 +261,8 @@ def trained_tasks(exp: Experiment, data: DatasetDir) -> list[str]:
 
 def evaluate_run_model(exp: Experiment, model, data: DatasetDir, run_dir: Path) -> dict[str, Any]:
     ev = exp.evaluation or {}
+    if is_retrieval(model):
+        return _evaluate_retrieval_run(exp, model, data, run_dir)
     results = {}
     for split in ev.get("splits", ["valid", "test"]):
         if split in data.manifest["splits"]:
@@ -251,13 +276,45 @@ def evaluate_run_model(exp: Experiment, model, data: DatasetDir, run_dir: Path) 
     return results
 
 
+def _evaluate_retrieval_run(exp: Experiment, model, data: DatasetDir, run_dir: Path) -> dict[str, Any]:
+    """Full-corpus Recall / HitRate / NDCG@K (+ the popularity baseline) per split: training/retrieval.py's protocol.
+    `evaluation: {ks: [10, 50, 100], max_users: N}` in the experiment."""
+    from .retrieval import evaluate_retrieval
+
+    ev = exp.evaluation or {}
+    ks = tuple(int(k) for k in ev.get("ks", (10, 50, 100)))
+    results = {}
+    for split in ev.get("splits", ["valid", "test"]):
+        if split in data.manifest["splits"]:
+            r = evaluate_retrieval(model, data, split=split, ks=ks, max_users=ev.get("max_users"))
+            results[split] = {"overall": {f"{who} ({view})": r[who][view] for who in ("two_tower", "popularity")
+                                          for view in ("filtered", "all")},
+                              "protocol": r["protocol"]}
+    (run_dir / "metrics.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    (run_dir / "summary.md").write_text(f"# {exp.name}\n\nmodel `{exp.model}` on `{exp.dataset}` (full-corpus "
+                                        "retrieval; filtered = the user's earlier items removed)\n\n"
+                                        + format_table(results) + "\n")
+    return results
+
+
 def load_run(run_dir: str | Path, log=print) -> tuple[Experiment, DatasetDir, Any]:
     """(experiment, dataset, trained keras model) of a finished run directory."""
     run_dir = Path(run_dir)
     if not (run_dir / "model").exists():
         raise FileNotFoundError(f"{run_dir}: no trained model (run_dir/model); train first")
     exp = parse_experiment(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
-    return exp, resolve_dataset(exp.dataset, log), keras.models.load_model(run_dir / "model", compile=False)
+    data = resolve_dataset(exp.dataset, log)
+    if exp.model in _REBUILT_MODELS:
+        # a reloaded SavedModel has the call graph but not the model's Python API (a two-tower's towers):
+        # rebuild it from the config and read the saved variables into it
+        model = build_model(exp.model, data.spec, data.artifacts, exp.params, source=f"{exp.source}: params")
+        model.load_weights(str(run_dir / "model" / "variables" / "variables")).expect_partial()
+        return exp, data, model
+    return exp, data, keras.models.load_model(run_dir / "model", compile=False)
+
+
+# models whose Python API (beyond call) the platform uses after training: load_run rebuilds them
+_REBUILT_MODELS = {"two_tower"}
 
 
 def evaluate_run(run_dir: str | Path, log=print) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from .features.spec import (
     DenseFeature, FeatureSpec, MultiHotFeature, SequenceFeature, SequenceField, TextFeature, VectorFeature,
     _Categorical,
 )
-from .layers import DenseTransform, LengthMask, MaskedPooling
+from .layers import DenseTransform, FrozenTable, LengthMask, MaskedPooling, PoolSteps
 
 
 def _dtype(dtype: str):
@@ -178,6 +178,28 @@ class FeatureEmbeddings:
         if isinstance(f, (VectorFeature, TextFeature)):
             return inputs[name]
         raise TypeError(f"feature {name!r} is a {f.kind}; use .sequence() for sequences")
+
+    # -- side tables (`side_of` features: an id's title vector, genres, ...) ---------------------------------------
+    def side(self, feature: str, rows: Any) -> Any:
+        """A `side_of` feature for owner-table rows `rows` (any shape [...]: the output of `.index()` of the owner or
+        of a history field sharing its table) -> [..., d]: text / vector values, an id's embedding, or a multi-hot's
+        embeddings mean-pooled. Rows the catalogue had no data for give zeros (multi-hot: 0)."""
+        f = self.spec[feature]
+        key = f"{f.side_of}/{f.name}"
+        table = self.artifacts.side[key]
+        frozen = self._layer(f"side_{f.side_of}_{f.name}", lambda: FrozenTable(
+            table.shape[0], table.shape[1] if table.ndim == 2 else None, str(table.dtype), table,
+            name=f"side_{f.side_of}_{f.name}"))
+        if isinstance(f, (VectorFeature, TextFeature)):
+            return frozen(rows)
+        emb = self.table(self.spec.table_of(f.name))
+        if isinstance(f, MultiHotFeature):
+            lens = self.artifacts.side[key + "_len"]
+            lengths = self._layer(f"side_{f.side_of}_{f.name}_len", lambda: FrozenTable(
+                lens.shape[0], None, str(lens.dtype), lens, name=f"side_{f.side_of}_{f.name}_len"))
+            pool = self._layer(f"side_pool_{f.name}", lambda: PoolSteps(name=f"side_pool_{f.name}"))
+            return pool([emb(frozen(rows)), lengths(rows)])
+        return emb(frozen(rows))
 
     def flat(self, inputs: dict, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
         """{name: [B, d]} for every non-sequence input feature not in `exclude`."""

@@ -14,6 +14,10 @@
     restore: {checkpoint: RUN_DIR_OR_CKPT, include: ['^emb_'], freeze: ['^emb_']}
     tune: {algorithm: random, max_trials: 4, objective: val_like_auc, space: {...}}
     domain_loss_weights: {scene: {search: 1.0, rec: 0.3}}   # multi-domain: scale each domain's loss
+    pretrain: {model: seminar_psu, epochs: 1, params: {...}, include: ['^emb_'], freeze: [...]}
+        # pretrain -> fine-tune in one run: the pretraining model is trained first into RUN_DIR/pretrain (same
+        # dataset unless `dataset:` is given; params default to the fine-tuning params), then restored by name
+        # (`include` / `exclude` / `freeze` / `freeze_level` as in `restore:`) before fine-tuning
 """
 from __future__ import annotations
 
@@ -53,6 +57,7 @@ class Experiment:
     restore: dict | None = None
     tune: dict | None = None
     domain_loss_weights: dict | None = None
+    pretrain: dict | None = None
     source: str = "<memory>"
 
     def to_dict(self) -> dict:
@@ -62,11 +67,14 @@ class Experiment:
 _TYPES = {"name": str, "dataset": str, "model": str, "params": dict, "tasks": dict, "optimizer": dict,
           "batch_size": int, "epochs": int, "steps_per_epoch": (int, type(None)), "shuffle_buffer": int, "seed": int,
           "strategy": str, "early_stopping": (dict, type(None)), "evaluation": dict, "restore": (dict, type(None)),
-          "tune": (dict, type(None)), "domain_loss_weights": (dict, type(None))}
+          "tune": (dict, type(None)), "domain_loss_weights": (dict, type(None)),
+          "pretrain": (dict, type(None))}
 _REQUIRED = ("name", "dataset", "model")
 _SUBKEYS = {"optimizer": {"name", "learning_rate", "clipnorm"},
             "early_stopping": {"monitor", "mode", "patience", "min_delta"},
-            "evaluation": {"splits", "group_by", "domain", "max_batches", "ks", "max_users"},
+            "evaluation": {"splits", "group_by", "domain", "max_batches", "ks", "max_users", "modes", "max_rows"},
+            "pretrain": {"model", "dataset", "params", "epochs", "optimizer", "batch_size", "include", "exclude",
+                         "freeze", "freeze_level"},
             "restore": {"checkpoint", "include", "exclude", "freeze", "freeze_level"},
             "tune": {"algorithm", "max_trials", "objective", "direction", "space", "epochs", "executions_per_trial",
                      "max_epochs", "factor"}}
@@ -138,7 +146,32 @@ def parse_experiment(raw: Any, source: str = "<memory>", overrides: list[str] | 
     except (ValueError, TypeError) as e:
         path, _, problem = str(e).partition(": ")
         fail("model" if "unknown model" in problem else path, problem)
+    if exp.pretrain is not None:
+        if "model" not in exp.pretrain:
+            fail("pretrain.model", "is required", "name the pretraining model, e.g. seminar_psu")
+        if exp.restore:
+            fail("pretrain", "both `pretrain` and `restore` are set", "keep one: pretrain restores its own run")
+        try:
+            model_config(exp.pretrain["model"], pretrain_params(exp), source="pretrain.params")
+        except (ValueError, TypeError) as e:
+            path, _, problem = str(e).partition(": ")
+            fail("pretrain.model" if "unknown model" in problem else path, problem)
     return exp
+
+
+def pretrain_params(exp: Experiment) -> dict:
+    """The pretraining model's params: the fine-tuning params overridden by `pretrain.params`."""
+    return {**exp.params, **(exp.pretrain or {}).get("params", {})}
+
+
+def pretrain_experiment(exp: Experiment) -> Experiment:
+    """The experiment of a `pretrain:` stage (trained into RUN_DIR/pretrain, not evaluated)."""
+    pre = exp.pretrain or {}
+    return Experiment(name=f"{exp.name}-pretrain", dataset=pre.get("dataset", exp.dataset), model=pre["model"],
+                      params=pretrain_params(exp), tasks=exp.tasks, optimizer=pre.get("optimizer", exp.optimizer),
+                      batch_size=int(pre.get("batch_size", exp.batch_size)), epochs=int(pre.get("epochs", 1)),
+                      shuffle_buffer=exp.shuffle_buffer, seed=exp.seed, evaluation={"splits": []},
+                      source=f"{exp.source}: pretrain")
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:

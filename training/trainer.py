@@ -117,9 +117,7 @@ def _restore(exp: Experiment, model, data: DatasetDir, log) -> RestoreReport | N
     src_dir = Path(cfg["checkpoint"])
     if not (src_dir / "config.yaml").exists():
         raise FileNotFoundError(f"{exp.source}: restore.checkpoint: {src_dir} is not a run directory (no config.yaml)")
-    src_exp = load_experiment(src_dir / "config.yaml")
-    src_data = resolve_dataset(src_exp.dataset, log)
-    source_model = keras.models.load_model(src_dir / "model", compile=False)
+    _, src_data, source_model = load_run(src_dir, log)
     report = copy_variables(source_model, model, source=(src_data.spec, src_data.artifacts),
                             target=(data.spec, data.artifacts), include=cfg.get("include", ()),
                             exclude=cfg.get("exclude", ()))
@@ -149,15 +147,18 @@ def train(exp: Experiment, run_dir: str | Path, *, strategy=None, verbose: int =
     # the dataset first: a wrong `dataset:` fails before a run directory is created
     data = resolve_dataset(exp.dataset, log)
     run_dir.mkdir(parents=True, exist_ok=True)
+    written = exp.to_dict()          # config.yaml keeps the experiment as given (with `pretrain:`)
+    if exp.pretrain:
+        exp = _pretrain_stage(exp, run_dir, strategy, verbose, log)
     strategy = strategy or tf.distribute.get_strategy()
     # distributed (training/distribute.py): only the chief writes run_dir's own files; other MWMS workers would
     # race on them. Their checkpoints / backups / logs go to temp dirs tf_keras' callbacks make and delete.
     chief = is_chief(strategy)
     config = run_dir / "config.yaml"
     if chief:
-        if config.exists() and yaml.safe_load(config.read_text()) != exp.to_dict():
+        if config.exists() and yaml.safe_load(config.read_text()) != written:
             raise ValueError(f"{run_dir} holds a run of another config; use a new run directory to start over")
-        config.write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
+        config.write_text(yaml.safe_dump(written, sort_keys=False))
     tf.keras.utils.set_random_seed(exp.seed)
     with strategy.scope():
         model = build_model(exp.model, data.spec, data.artifacts, exp.params, source=f"{exp.source}: params")
@@ -220,6 +221,22 @@ def train(exp: Experiment, run_dir: str | Path, *, strategy=None, verbose: int =
     return RunResult(run_dir, metrics, history.history, seconds, model)
 
 
+def _pretrain_stage(exp: Experiment, run_dir: Path, strategy, verbose: int, log) -> Experiment:
+    """Train `exp.pretrain` into run_dir/pretrain (skipped when a finished one is there: a resumed run does not
+    pretrain again) and return the fine-tuning experiment restoring it."""
+    import dataclasses
+
+    from .experiment import pretrain_experiment
+
+    pre_dir = run_dir / "pretrain"
+    if not (pre_dir / "model").exists():
+        log(f"pretraining {exp.pretrain['model']} into {pre_dir}")
+        train(pretrain_experiment(exp), pre_dir, strategy=strategy, verbose=verbose, log=log, evaluate=False)
+    keys = ("include", "exclude", "freeze", "freeze_level")
+    restore = {"checkpoint": str(pre_dir), **{k: exp.pretrain[k] for k in keys if k in exp.pretrain}}
+    return dataclasses.replace(exp, restore=restore, pretrain=None)
+
+
 def is_retrieval(model) -> bool:
     """Retrieval models (the two-tower) are evaluated over the full corpus and export as towers + top-K."""
     from tfrec_zoo.models.two_tower import TwoTowerModel
@@ -263,6 +280,10 @@ def evaluate_run_model(exp: Experiment, model, data: DatasetDir, run_dir: Path) 
     ev = exp.evaluation or {}
     if is_retrieval(model):
         return _evaluate_retrieval_run(exp, model, data, run_dir)
+    from .ranking import has_sampled_protocol
+
+    if has_sampled_protocol(data.spec):
+        return _evaluate_sampled_run(exp, model, data, run_dir)
     results = {}
     for split in ev.get("splits", ["valid", "test"]):
         if split in data.manifest["splits"]:
@@ -297,6 +318,24 @@ def _evaluate_retrieval_run(exp: Experiment, model, data: DatasetDir, run_dir: P
     return results
 
 
+def _evaluate_sampled_run(exp: Experiment, model, data: DatasetDir, run_dir: Path) -> dict[str, Any]:
+    """Leave-one-out with sampled negatives (training/ranking.py): HIT/NDCG@k, MRR, AUC, GAUC per split and mode.
+    `evaluation: {modes: [recommendation, search], ks: [1, 5, 10, 50], max_rows: N}` in the experiment."""
+    from .ranking import MODES, evaluate_sampled
+
+    ev = exp.evaluation or {}
+    results = {}
+    for split in ev.get("splits", ["valid", "test"]):
+        if split in data.manifest["splits"]:
+            r = evaluate_sampled(model, data, split, modes=ev.get("modes", MODES), ks=ev.get("ks", (1, 5, 10, 50)),
+                                 max_rows=ev.get("max_rows"))
+            results[split] = {"overall": {f"{data.spec.labels[0].task} ({mode})": m for mode, m in r.items()}}
+    (run_dir / "metrics.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    (run_dir / "summary.md").write_text(f"# {exp.name}\n\nmodel `{exp.model}` on `{exp.dataset}` (1 positive + "
+                                        "sampled negatives per row)\n\n" + format_table(results) + "\n")
+    return results
+
+
 def load_run(run_dir: str | Path, log=print) -> tuple[Experiment, DatasetDir, Any]:
     """(experiment, dataset, trained keras model) of a finished run directory."""
     run_dir = Path(run_dir)
@@ -314,7 +353,7 @@ def load_run(run_dir: str | Path, log=print) -> tuple[Experiment, DatasetDir, An
 
 
 # models whose Python API (beyond call) the platform uses after training: load_run rebuilds them
-_REBUILT_MODELS = {"two_tower"}
+_REBUILT_MODELS = {"two_tower", "seminar", "seminar_psu", "twin", "sim", "eta", "qin", "lifelong_din"}
 
 
 def evaluate_run(run_dir: str | Path, log=print) -> dict[str, Any]:

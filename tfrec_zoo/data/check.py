@@ -28,7 +28,7 @@ def _expectations(spec: FeatureSpec) -> list[tuple[str, str, str, int | None, st
     """(column, proto list kind, shape rule, width, group) per stored column."""
     kind = {"int64": "int64_list", "string": "bytes_list"}
     out = []
-    for f in spec.features:
+    for f in spec.row_features:
         if isinstance(f, MultiHotFeature):
             out.append((f.name, kind[f.dtype], "list", None, f.name))
             if f.weights:

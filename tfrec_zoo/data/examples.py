@@ -154,7 +154,7 @@ def columns_for_examples(df: pd.DataFrame, spec: FeatureSpec, source: str) -> di
 
     kinds = {"int64": "int64", "string": "bytes"}
     cols: dict[str, tuple[str, list]] = {}
-    for f in spec.features:
+    for f in spec.row_features:
         if isinstance(f, MultiHotFeature):
             cols[f.name] = (kinds[f.dtype], _convert_list(need(f.name, f.name), f.dtype, f.name, source))
             if f.weights:

@@ -46,7 +46,7 @@ def _columns_to_parse(spec: FeatureSpec, features: Collection[str] | None,
         features = [n for f in spec.inputs for n in _input_names(f)]
     wanted = set(features) | ({lab.mask for lab in spec.labels if lab.mask} if labels else set())
     out: dict[str, list[str]] = {}
-    for f in spec.features:
+    for f in spec.row_features:
         if isinstance(f, MultiHotFeature):
             if wanted & {f.name, f.length_name, f.weights}:
                 out[f.name] = [f.name] + ([f.weights] if f.weights and f.weights in wanted else [])
@@ -74,7 +74,7 @@ def parse_spec_features(spec: FeatureSpec, features: Collection[str] | None = No
     tf = _tf()
     select = _columns_to_parse(spec, features, labels)
     desc = {}
-    for f in spec.features:
+    for f in spec.row_features:
         if select is not None and f.name not in select:
             continue
         if isinstance(f, MultiHotFeature):
@@ -120,7 +120,7 @@ def parse_batch(spec: FeatureSpec, serialized, with_weights: bool | None = None,
     desc = parse_spec_features(spec, features, labels)
     raw = tf.io.parse_example(serialized, desc)
     feats, label_values, weights = {}, {}, {}
-    for f in spec.features:
+    for f in spec.row_features:
         if isinstance(f, MultiHotFeature):
             if f.name not in desc:
                 continue

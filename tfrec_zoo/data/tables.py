@@ -36,7 +36,7 @@ def coerce_list_columns(df: pd.DataFrame, spec: FeatureSpec, source: str) -> pd.
     """CSV cells holding lists: a JSON list (`[1, 2]`, `[[0.1, 0.2], ...]`) or `a|b|c`; vectors also `0.1 0.2`."""
     df = df.copy()
     list_cols: list[tuple[str, str]] = []
-    for f in spec.features:
+    for f in spec.row_features:
         if isinstance(f, MultiHotFeature):
             list_cols.append((f.name, "|"))
             if f.weights:

@@ -38,7 +38,7 @@ SPLIT_ORDER = ("train", "valid", "test")
 def encode_text_features(splits: Mapping[str, pd.DataFrame], spec: FeatureSpec,
                          get_encoder: Callable[[str], Any] | None = None) -> dict[str, pd.DataFrame]:
     """Replace each `text` feature's raw strings by its encoder's vectors (unique strings are encoded once)."""
-    texts = spec.of_kind("text")
+    texts = [f for f in spec.of_kind("text") if not f.side_of]   # side texts are encoded in the catalogue
     if not texts:
         return dict(splits)
     if get_encoder is None:
@@ -60,6 +60,32 @@ def encode_text_features(splits: Mapping[str, pd.DataFrame], spec: FeatureSpec,
         index = {s: i for i, s in enumerate(uniq)}
         for df in out.values():
             df[f.name] = [vecs[index[str(s)]] for s in df[col].fillna("")]
+    return out
+
+
+def encode_catalogues(catalogues: Mapping[str, pd.DataFrame], spec: FeatureSpec,
+                      get_encoder: Callable[[str], Any] | None = None) -> dict[str, pd.DataFrame]:
+    """Each catalogue with its `side_of` text features' raw strings replaced by encoder vectors."""
+    out = {}
+    for owner, cat in catalogues.items():
+        texts = [f for f in spec.side_features(owner) if isinstance(f, TextFeature)]
+        if not texts:
+            out[owner] = cat
+            continue
+        if get_encoder is None:
+            from ..text import get_encoder
+        cat = cat.copy()
+        for f in texts:
+            col = f.source or f.name
+            if col not in cat.columns:
+                raise FeatureSpecError(spec.source, f"feature {f.name!r}", f"text column {col!r} missing in "
+                                       f"catalogue {owner!r}", "add the column with the raw strings")
+            uniq = sorted({str(x) for x in cat[col].fillna("")})
+            encoder = get_encoder(f.encoder)
+            vecs = np.asarray(encoder.encode(uniq), dtype=np.float32)
+            index = {x: i for i, x in enumerate(uniq)}
+            cat[f.name] = [vecs[index[str(x)]] for x in cat[col].fillna("")]
+        out[owner] = cat
     return out
 
 
@@ -105,8 +131,9 @@ def _progress(total: int, desc: str, enabled: bool):
 def write_dataset(splits: Mapping[str, pd.DataFrame], spec: FeatureSpec, out_dir: str | Path, *, source: str,
                   artifacts: Artifacts | None = None, rows_per_shard: int = 200_000, compression: str = "GZIP",
                   get_encoder: Callable[[str], Any] | None = None, extra: Mapping[str, Any] | None = None,
-                  progress: bool = True) -> dict:
-    """Write all splits atomically. Artifacts are fitted on `splits['train']` unless given. Returns the manifest."""
+                  progress: bool = True, catalogues: Mapping[str, pd.DataFrame] | None = None) -> dict:
+    """Write all splits atomically. Artifacts are fitted on `splits['train']` unless given (and on `catalogues`,
+    {id feature: DataFrame of label-free metadata}, for `side_of` features). Returns the manifest."""
     if "train" not in splits:
         raise ValueError(f"write_dataset needs a 'train' split (got {sorted(splits)}): vocabularies come from it")
     if compression not in ("GZIP", "ZLIB", ""):
@@ -117,7 +144,7 @@ def write_dataset(splits: Mapping[str, pd.DataFrame], spec: FeatureSpec, out_dir
     columns = {name: columns_for_examples(df.reset_index(drop=True), spec, f"{source} [{name}]")
                for name, df in splits.items()}
     if artifacts is None:
-        artifacts = fit_artifacts(spec, splits["train"])
+        artifacts = fit_artifacts(spec, splits["train"], encode_catalogues(catalogues or {}, spec, get_encoder))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
     try:

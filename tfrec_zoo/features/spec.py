@@ -51,6 +51,10 @@ class VocabConfig:
     min_count: int = 1
     oov_buckets: int = 1
     max_size: int | None = None
+    # "catalogue": the vocabulary is every id of the dataset's catalogue for this feature (label-free metadata the
+    # builder supplies, e.g. every movie or every query string), so ids unseen in train keep their side data
+    # (title vectors); their own embedding rows stay untrained. "train": fitted on the training split only.
+    fit_on: str = "train"
 
 
 @dataclass(frozen=True)
@@ -58,10 +62,14 @@ class Feature:
     name: str
     kind: str
     doc: str = ""
+    # `side_of: movie_id`: an attribute of that id (a movie's title, genres), not a column of the examples: it is
+    # read from the builder's catalogue into a table aligned with the id's vocabulary (Artifacts.side) and looked up
+    # in the graph by id, for the target and for every history step that shares the id's table
+    side_of: str | None = None
 
     @property
     def is_input(self) -> bool:
-        return self.kind != "label"
+        return self.kind != "label" and not self.side_of
 
 
 @dataclass(frozen=True)
@@ -207,7 +215,27 @@ class FeatureSpec:
 
     @property
     def inputs(self) -> list[Feature]:
-        return [f for f in self.features if f.kind != "label"]
+        """Features the examples carry and models take as inputs (not labels, not `side_of` attributes)."""
+        return [f for f in self.features if f.is_input]
+
+    @property
+    def row_features(self) -> list[Feature]:
+        """Features stored in each example (inputs and labels; not `side_of` attributes)."""
+        return [f for f in self.features if not f.side_of]
+
+    def side_features(self, owner: str | None = None) -> list[Feature]:
+        """`side_of` features (of `owner` only, when given), in spec order."""
+        return [f for f in self.features if f.side_of and (owner is None or f.side_of == owner)]
+
+    def side_owner(self, column: str) -> str | None:
+        """The id feature whose side tables a categorical column can use: the owner of its embedding table when
+        that feature has side features (hist_movie_id -> movie_id), else None."""
+        table = self.table_of(column)
+        for f in self.features:
+            if f.name == table or (isinstance(f, _Categorical) and self.table_of(f.name) == table
+                                   and not f.shares_embedding_with):
+                return f.name if self.side_features(f.name) else None
+        return None
 
     @property
     def labels(self) -> list[LabelFeature]:
@@ -289,18 +317,18 @@ _COMMON_KEYS = {"name", "kind", "doc"}
 _CATEGORICAL_KEYS = _COMMON_KEYS | {"dtype", "embedding_dim", "vocab", "hash_buckets", "embedding_group",
                                     "shares_embedding_with"}
 _ALLOWED_KEYS = {
-    "id": _CATEGORICAL_KEYS,
+    "id": _CATEGORICAL_KEYS | {"side_of"},
     "domain": _CATEGORICAL_KEYS,
-    "multi_hot": _CATEGORICAL_KEYS | {"max_len", "combiner", "weights"},
+    "multi_hot": _CATEGORICAL_KEYS | {"max_len", "combiner", "weights", "side_of"},
     "dense": _COMMON_KEYS | {"normalization", "buckets", "bucket_embedding_dim"},
-    "vector": _COMMON_KEYS | {"dim", "produced_by"},
-    "text": _COMMON_KEYS | {"encoder", "dim", "source"},
+    "vector": _COMMON_KEYS | {"dim", "produced_by", "side_of"},
+    "text": _COMMON_KEYS | {"encoder", "dim", "source", "side_of"},
     "sequence": _COMMON_KEYS | {"max_len", "fields", "only_positive"},
     "label": _COMMON_KEYS | {"task", "type", "num_classes", "mask", "loss_weight"},
 }
 _FIELD_KEYS = {"name", "kind", "dtype", "source", "embedding_dim", "vocab", "hash_buckets", "embedding_group",
                "shares_embedding_with", "dim", "normalization", "padding"}
-_VOCAB_KEYS = {"min_count", "oov_buckets", "max_size"}
+_VOCAB_KEYS = {"min_count", "oov_buckets", "max_size", "fit_on"}
 _TOP_KEYS = {"name", "description", "keys", "features"}
 
 
@@ -358,7 +386,9 @@ def _parse_vocab(ctx: _Ctx, raw: Any, path: str) -> VocabConfig:
         min_count=ctx.get(raw, "min_count", int, path, 1),
         oov_buckets=ctx.get(raw, "oov_buckets", int, path, 1),
         max_size=ctx.get(raw, "max_size", int, path),
+        fit_on=ctx.get(raw, "fit_on", str, path, "train"),
     )
+    ctx.choice(cfg.fit_on, ("train", "catalogue"), f"{path}.fit_on")
     ctx.positive(cfg.min_count, f"{path}.min_count")
     ctx.positive(cfg.oov_buckets, f"{path}.oov_buckets")
     ctx.positive(cfg.max_size, f"{path}.max_size")
@@ -423,6 +453,8 @@ def _parse_feature(ctx: _Ctx, raw: Any, path: str) -> Feature:
         ctx.fail(f"{path}.kind", f"unknown kind {kind!r}", f"use one of {', '.join(KINDS)}")
     ctx.check_keys(raw, _ALLOWED_KEYS[kind], path, f"a {kind} feature")
     kw: dict[str, Any] = {"name": name, "kind": kind, "doc": ctx.get(raw, "doc", str, path, "")}
+    if "side_of" in raw:
+        kw["side_of"] = ctx.get(raw, "side_of", str, path)
     if kind in ("id", "domain", "multi_hot"):
         kw.update(_parse_categorical(ctx, raw, path))
     if kind == "multi_hot":
@@ -524,6 +556,7 @@ def _check_cross_references(ctx: _Ctx, spec: FeatureSpec, paths: dict[str, str])
         if isinstance(f, SequenceFeature) and f.only_positive and f.only_positive not in columns:
             ctx.fail(paths[f.name] + ".only_positive", f"{f.only_positive!r} is not a feature of this spec",
                      "name the label whose positives make up the history")
+    _check_side_features(ctx, spec, paths, cats)
     tasks = [lab.task for lab in spec.labels]
     if len(set(tasks)) != len(tasks):
         ctx.fail("features", f"duplicate task names {tasks}", "give each label a distinct `task`")
@@ -534,6 +567,28 @@ def _check_cross_references(ctx: _Ctx, spec: FeatureSpec, paths: dict[str, str])
             ctx.fail(f"keys.{role}", f"unknown role {role!r}", f"use {', '.join(KEY_ROLES)}")
         if not _NAME.match(col):
             ctx.fail(f"keys.{role}", f"{col!r} is not a column name", "use letters, digits and _")
+
+
+def _check_side_features(ctx: _Ctx, spec: FeatureSpec, paths: dict[str, str], cats: dict) -> None:
+    for f in spec.side_features():
+        where = paths[f.name] + ".side_of"
+        owner = cats.get(f.side_of)
+        if not isinstance(owner, IdFeature) or owner.side_of:
+            ctx.fail(where, f"{f.side_of!r} is not an id feature of this spec",
+                     "name the id feature this attribute belongs to (e.g. `side_of: movie_id`)")
+        if owner.shares_embedding_with or owner.hash_buckets:
+            ctx.fail(where, f"{f.side_of!r} {'shares another table' if owner.shares_embedding_with else 'is hashed'}",
+                     "attach side features to the id that owns a vocabulary (side tables are aligned with it)")
+        if isinstance(f, _Categorical) and f.shares_embedding_with:
+            ctx.fail(where, "a side feature cannot share another feature's table",
+                     "give it its own vocab (its values come from the catalogue)")
+        if f.name in spec.keys.values():
+            ctx.fail(where, f"{f.name!r} is a key", "keys are example columns; drop `side_of` or the key")
+    for col, cfg in cats.items():
+        vocab = getattr(cfg, "vocab", None)
+        if vocab is not None and vocab.fit_on == "catalogue" and not spec.side_features(col):
+            ctx.fail(paths.get(col, col) + ".vocab.fit_on", "`fit_on: catalogue` needs side features of this id",
+                     "add features with `side_of: " + col + "` (the catalogue's columns) or use `fit_on: train`")
 
 
 def parse_spec(raw: Any, source: str = "<memory>") -> FeatureSpec:

@@ -95,3 +95,40 @@ class DenseTransform(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "normalization": self.normalization, "stats": self.stats}
+
+
+@keras.utils.register_keras_serializable(package="tfrec_zoo")
+class FrozenTable(keras.layers.Layer):
+    """A constant per-row table (side data aligned with an id's embedding rows): row indices [...] -> values
+    [..., width] (or [...] when width is None). The values live in a non-trainable weight, so they are saved with
+    the model and restored from its checkpoint (the config holds only the shape)."""
+
+    def __init__(self, rows: int, width: int | None = None, value_dtype: str = "float32", values=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rows, self.width, self.value_dtype = int(rows), (int(width) if width else None), value_dtype
+        self._values = values
+
+    def build(self, input_shape):
+        shape = [self.rows] + ([self.width] if self.width else [])
+        init = keras.initializers.Constant(self._values) if self._values is not None else "zeros"
+        self.table = self.add_weight("table", shape=shape, dtype=self.value_dtype, initializer=init, trainable=False)
+        self._values = None
+        super().build(input_shape)
+
+    def call(self, rows):
+        return tf.gather(self.table, tf.cast(rows, tf.int32))
+
+    def get_config(self):
+        return {**super().get_config(), "rows": self.rows, "width": self.width, "value_dtype": self.value_dtype}
+
+
+@keras.utils.register_keras_serializable(package="tfrec_zoo")
+class PoolSteps(keras.layers.Layer):
+    """(values [..., A, D], lengths [...]) -> [..., D]: the mean of the first `length` of the A slots (0 when none);
+    pools a multi-hot side attribute (an item's genres) for a target [B] or every history step [B, L]."""
+
+    def call(self, inputs):
+        values, lengths = inputs
+        mask = tf.cast(tf.sequence_mask(tf.cast(lengths, tf.int32), tf.shape(values)[-2]), values.dtype)
+        total = tf.reduce_sum(values * mask[..., None], axis=-2)
+        return tf.math.divide_no_nan(total, tf.reduce_sum(mask, axis=-1, keepdims=True))

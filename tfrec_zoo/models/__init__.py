@@ -58,4 +58,4 @@ def build_model(name: str, spec, artifacts, params: dict | None = None, source: 
 
 
 def _load_all() -> None:
-    from . import deepfm, din, mmoe, two_tower  # noqa: F401  (each registers itself)
+    from . import deepfm, din, mmoe, seminar, seminar_psu, two_tower  # noqa: F401  (each registers itself)

@@ -24,6 +24,8 @@ class Built:
     splits: dict[str, pd.DataFrame]
     source: str
     extra: dict[str, Any] = field(default_factory=dict)
+    # {id feature: label-free metadata per id} for the spec's `side_of` features (titles, genres, query texts)
+    catalogues: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 @dataclass
@@ -83,6 +85,7 @@ def build(name: str, out_dir: str | Path, *, raw_dir: str | Path | None = None, 
     user, item = spec.keys.get("user"), spec.keys.get("item")
     summary = describe_splits(built.splits, user, item)
     manifest = write_dataset(built.splits, spec, out_dir, source=built.source, progress=progress,
-                             get_encoder=get_encoder, extra={**built.extra, "summary": summary.reset_index().to_dict("records")})
+                             get_encoder=get_encoder, extra={**built.extra, "summary": summary.reset_index().to_dict("records")},
+                             catalogues=built.catalogues)
     log(f"{name}: wrote {out_dir}\n{summary.to_string()}")
     return manifest

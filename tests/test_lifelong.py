@@ -1,0 +1,257 @@
+"""Lifelong query-item sequences: side features (spec, artifacts, lookups), the lifelong builder's protocol, the
+GSU/ESU layers, SEMINAR + baselines, the PSU objectives, sampled evaluation, pretrain -> fine-tune, save/reload."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tfrec_zoo._tf import keras, tf
+from tfrec_zoo.data import open_dataset
+from tfrec_zoo.data.builders import build
+from tfrec_zoo.data.builders.lifelong import lifelong_rows
+from tfrec_zoo.features import FeatureSpecError, fit_artifacts
+from tfrec_zoo.features.artifacts import Artifacts
+from tfrec_zoo.features.spec import parse_spec
+from tfrec_zoo.inputs import FeatureEmbeddings
+from tfrec_zoo.layers.lifelong import GSUScores, ModalityTables, MultiHeadTargetAttention, masked_top_k
+from tfrec_zoo.models import build_model
+from tfrec_zoo.models.seminar_psu import info_nce
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SIDE_SPEC = {
+    "name": "toy", "keys": {"user": "u", "item": "item"},
+    "features": [
+        {"name": "u", "kind": "id"},
+        {"name": "item", "kind": "id", "embedding_dim": 4, "vocab": {"fit_on": "catalogue"}},
+        {"name": "vec", "kind": "vector", "dim": 2, "side_of": "item"},
+        {"name": "attrs", "kind": "multi_hot", "max_len": 3, "embedding_dim": 4, "side_of": "item"},
+        {"name": "y", "kind": "label"},
+    ]}
+
+
+def _catalogue():
+    return {"item": pd.DataFrame({"item": [10, 20, 30], "vec": [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]],
+                                  "attrs": [[7], [7, 8], []]})}
+
+
+# -- spec / artifacts -----------------------------------------------------------------------------------------------
+def test_side_features_are_not_example_columns():
+    spec = parse_spec(SIDE_SPEC)
+    assert [f.name for f in spec.inputs] == ["u", "item"]
+    assert [f.name for f in spec.side_features("item")] == ["vec", "attrs"]
+    assert "vec" not in [f.name for f in spec.row_features]
+
+
+@pytest.mark.parametrize("change, where", [
+    ({"name": "vec", "kind": "vector", "dim": 2, "side_of": "nope"}, "features[2].side_of"),
+    ({"name": "vec", "kind": "vector", "dim": 2, "side_of": "u2"}, "features[2].side_of"),
+])
+def test_side_of_must_name_an_id(change, where):
+    raw = yaml.safe_load(yaml.safe_dump(SIDE_SPEC))
+    raw["features"][2] = change
+    with pytest.raises(FeatureSpecError) as e:
+        parse_spec(raw)
+    assert where in str(e.value)
+
+
+def test_fit_on_catalogue_needs_side_features():
+    raw = yaml.safe_load(yaml.safe_dump(SIDE_SPEC))
+    raw["features"][0]["vocab"] = {"fit_on": "catalogue"}
+    with pytest.raises(FeatureSpecError, match="fit_on"):
+        parse_spec(raw)
+
+
+def test_side_tables_align_with_the_vocabulary(tmp_path):
+    spec = parse_spec(SIDE_SPEC)
+    train = pd.DataFrame({"u": [1, 1, 2], "item": [20, 20, 10], "y": [1.0, 0.0, 1.0]})
+    art = fit_artifacts(spec, train, _catalogue())
+    # catalogue ids all in the vocabulary, ordered by train count: 20 (2), 10 (1), 30 (0); OOV row 0 first
+    assert art.vocabs["item"] == [20, 10, 30]
+    np.testing.assert_array_equal(art.side["item/vec"], [[0, 0], [3, 4], [1, 2], [5, 6]])
+    assert art.vocabs["attrs"] == [7, 8]                      # from the catalogue: 7 twice, 8 once
+    np.testing.assert_array_equal(art.side["item/attrs"], [[0, 0, 0], [1, 2, 0], [1, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(art.side["item/attrs_len"], [0, 2, 1, 0])
+    art.save(tmp_path)
+    back = Artifacts.load(tmp_path, spec)
+    for k, v in art.side.items():
+        np.testing.assert_array_equal(back.side[k], v)
+    # looked up in the graph by raw id: 30 -> its vector, an unknown id -> the OOV row (zeros)
+    emb = FeatureEmbeddings(spec, art)
+    rows = emb.lookup("item")(tf.constant([30, 99], tf.int64))
+    np.testing.assert_array_equal(emb.side("vec", rows).numpy(), [[5, 6], [0, 0]])
+
+
+def test_missing_catalogue_is_named():
+    spec = parse_spec(SIDE_SPEC)
+    with pytest.raises(FeatureSpecError, match="catalogue"):
+        fit_artifacts(spec, pd.DataFrame({"u": [1], "item": [10], "y": [1.0]}))
+
+
+# -- the lifelong protocol ------------------------------------------------------------------------------------------
+def test_lifelong_rows_protocol():
+    rng = np.random.default_rng(0)
+    users, items, queries = [], [], []
+    for u in range(30):                       # 30 users so the item universe leaves 99 unseen items per user
+        seq = rng.choice(np.arange(1, 201), size=8, replace=False)
+        users += [u] * 8
+        items += list(seq)
+        queries += [f"q{u}{t}" if t % 2 else "" for t in range(8)]
+    log = pd.DataFrame({"user_id": users, "item": items, "query": queries})
+    out = lifelong_rows(log, item="item", hist_item="h_item", hist_query="h_query", eval_neg="neg", max_len=4,
+                        train_positions=3, seed=1)
+    test, valid, train = out["test"], out["valid"], out["train"]
+    assert len(test) == len(valid) == 30 and len(train) == 30 * 3 * 2         # last 3 train positions, + negatives
+    for u in range(3):
+        seq = log[log.user_id == u]["item"].tolist()
+        t_row = test[test.user_id == u].iloc[0]
+        assert t_row["item"] == seq[-1] and t_row["h_item"] == seq[3:7]        # the most recent 4 before it
+        assert len(set(t_row["neg"])) == 99 and not set(t_row["neg"]) & set(seq)
+        assert valid[valid.user_id == u].iloc[0]["item"] == seq[-2]
+        tr = train[train.user_id == u]
+        pos, neg = tr[tr.click == 1], tr[tr.click == 0]
+        assert pos["item"].tolist() == seq[3:6]                               # positions 3, 4, 5 (n_train = 6)
+        assert not set(neg["item"]) & set(seq)
+        # a negative's query comes from the user's earlier non-empty queries
+        for _, r in neg.iterrows():
+            assert r["query"] in [q for q in r["h_query"] if q]
+        assert (neg["h_item"].tolist() == pos["h_item"].tolist())
+
+
+# -- layers ---------------------------------------------------------------------------------------------------------
+def test_masked_top_k_never_prefers_padding():
+    scores = tf.constant([[5.0, 9.0, 1.0, 7.0]])
+    mask = tf.constant([[True, False, True, False]])
+    idx, valid = masked_top_k(scores, mask, 3)
+    assert idx.numpy()[0, :2].tolist() == [0, 2] and valid.numpy().tolist() == [[True, True, False]]
+
+
+def test_multi_head_attention_exact_paths_agree_and_ignore_padding():
+    tf.random.set_seed(0)
+    layer = MultiHeadTargetAttention(heads=2, top_k=0)
+    t, steps = tf.random.normal([3, 8]), tf.random.normal([3, 5, 8])
+    mask = tf.sequence_mask([5, 3, 0], 5)
+    full = layer([t, steps, mask])
+    topk = MultiHeadTargetAttention(heads=2, top_k=5)
+    topk([t, steps, mask])
+    topk.set_weights(layer.get_weights())
+    np.testing.assert_allclose(topk([t, steps, mask]).numpy(), full.numpy(), atol=1e-5)
+    noisy = tf.where(mask[..., None], steps, 100.0)                          # padded steps changed
+    np.testing.assert_allclose(layer([t, noisy, mask]).numpy(), full.numpy(), atol=1e-5)
+    # an empty history attends to nothing: the output is W_O's bias (zeros at init)
+    np.testing.assert_allclose(full.numpy()[2], np.zeros(8), atol=1e-6)
+    # per-head selection = top-K of the exact head scores among valid steps
+    idx, valid = topk.selected([t, steps, mask])
+    s = topk.head_scores(t, steps).numpy()
+    for h in range(2):
+        assert set(idx.numpy()[1, h][valid.numpy()[1, h]]) <= {0, 1, 2}
+        best = np.argsort(-s[0, h])[:5]
+        assert idx.numpy()[0, h].tolist() == best.tolist()
+
+
+def test_gsu_scores_eta_and_qin():
+    t = tf.constant([[1.0, -2.0, 0.5]])
+    steps = tf.constant([[[1.0, -2.0, 0.5], [-1.0, 2.0, -0.5]]])
+    mask = tf.constant([[True, True]])
+    eta = GSUScores("eta", bits=16)
+    np.testing.assert_array_equal(eta([t, steps, mask]).numpy(), [[16.0, 0.0]])
+    qin = GSUScores("qin", first_k=1)
+    q_t, q_s = tf.constant([[1.0, 0.0]]), tf.constant([[[0.0, 1.0], [1.0, 0.0], [0.9, 0.0]]])
+    i_t, i_s = tf.constant([[0.0, 1.0]]), tf.constant([[[0.0, 3.0], [0.0, 1.0], [0.0, 2.0]]])
+    s = qin([q_t, q_s, i_t, i_s, tf.constant([[True, True, True]])]).numpy()
+    assert s[0, 1] == 1.0 and s[0, 0] < -1e8 and s[0, 2] < -1e8               # stage 1 kept step 1 only
+
+
+def test_modality_tables_gate_exact():
+    emb = keras.layers.Embedding(3, 2)
+    emb(tf.zeros([1], tf.int32))
+    emb.set_weights([np.array([[0, 0], [1, 2], [3, 4]], np.float32)])
+    side = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)
+    layer = ModalityTables([("id", None), ("dense", "txt")], dim=2, id_embedding=emb, frozen={"txt": side},
+                           n_rows=3)
+    out = layer([tf.constant([[1, 2]]), tf.constant([2])])
+    kernel, bias = layer.proj["txt"]
+    text = side @ kernel.numpy() + bias.numpy()
+    ids = emb.get_weights()[0]
+    np.testing.assert_allclose(out[0].numpy()[0], 0.5 * ids[[1, 2]] + 0.5 * text[[1, 2]], atol=1e-6)  # gate = 1/2
+    np.testing.assert_allclose(out[2].numpy()[0], ids[[1, 2]])              # per-modality of the first rows
+
+
+def test_info_nce_hand_value():
+    a = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    loss = float(info_nce(a, a, temperature=1.0))
+    assert loss == pytest.approx(-np.log(np.e / (np.e + 1.0)), abs=1e-6)
+    # a pair marked "same" is no negative: each row's softmax is over itself only -> 0
+    assert float(info_nce(a, a, 1.0, same=tf.ones([2, 2], tf.bool))) == pytest.approx(0.0, abs=1e-6)
+
+
+# -- models on real data --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ml40(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lifelong")
+    build("ml-latest-small-lifelong", root / "ml40", progress=False, log=lambda *_: None,
+          options={"max_users": 40, "train_positions": 5})
+    return open_dataset(root / "ml40")
+
+
+def test_built_dataset_has_side_tables_and_protocol(ml40):
+    assert set(ml40.artifacts.side) == {"movie_id/title", "movie_id/genres", "movie_id/genres_len",
+                                        "query/query_text"}
+    rows = ml40.artifacts.vocab_size(ml40.spec, "movie_id")
+    assert ml40.artifacts.side["movie_id/title"].shape == (rows, 384)
+    feats = next(iter(ml40.dataset("test", 8, features=["eval_neg_movie_id", "eval_negatives_len", "movie_id"])))[0]
+    assert (feats["eval_negatives_len"].numpy() == 99).all()
+
+
+@pytest.mark.parametrize("name", ["seminar", "twin", "sim", "eta", "qin", "lifelong_din"])
+def test_every_lifelong_model_trains_and_ranks(ml40, name):
+    from tfrec_zoo.models.common import task_losses
+    from training.ranking import evaluate_sampled
+
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(name, ml40.spec, ml40.artifacts, {"dim": 16, "heads": 2, "top_k": 8})
+    assert set(model.input_names) == {"movie_id", "query", "hist_movie_id", "hist_query", "history_len"}
+    model.compile(keras.optimizers.Adam(1e-3), task_losses(ml40.spec)[0])
+    h = model.fit(ml40.dataset("train", 64, features=list(model.input_names)), epochs=1, verbose=0)
+    assert np.isfinite(h.history["loss"][0])
+    r = evaluate_sampled(model, ml40, "test", max_rows=16)
+    for mode in ("recommendation", "search"):
+        assert r[mode]["rows"] == 16 and 0 <= r[mode]["hit@10"] <= r[mode]["hit@50"] <= 1
+        assert r[mode]["scores"] == "logit"
+
+
+def test_recommendation_mode_empties_queries(ml40):
+    from training.ranking import evaluate_sampled
+
+    model = build_model("twin", ml40.spec, ml40.artifacts, {"dim": 8, "heads": 1, "top_k": 4, "use_query": False})
+    r = evaluate_sampled(model, ml40, "test", max_rows=8)
+    # a model that ignores queries scores both modes identically
+    assert r["recommendation"]["mrr"] == pytest.approx(r["search"]["mrr"])
+
+
+def test_pretrain_then_finetune_from_one_experiment(ml40, tmp_path):
+    from training.experiment import parse_experiment
+    from training.trainer import load_run, train
+
+    raw = yaml.safe_load((ROOT / "training/experiments/seminar-ml-latest-small-lifelong.yaml").read_text())
+    raw.update(dataset=str(ml40.path), epochs=1, batch_size=128,
+               params={"dim": 16, "heads": 2, "top_k": 8, "aux_steps": 64},
+               evaluation={"splits": ["test"], "max_rows": 16})
+    exp = parse_experiment(raw, "test")
+    run = tmp_path / "run"
+    result = train(exp, run, verbose=0, log=lambda *_: None)
+    restored = json.loads((run / "restore.json").read_text())["restored"]
+    assert "emb_movie_id/embeddings:0" in restored and "esu/wq:0" in restored
+    assert any(n.startswith("item_modalities/proj_title") for n in restored)
+    hist = (run / "pretrain" / "history.csv").read_text().splitlines()[0]
+    assert "loss_align" in hist and "loss_relevance" in hist
+    assert set(result.metrics["test"]["overall"]) == {"click (recommendation)", "click (search)"}
+    # the run reloads (rebuilt from its config + weights) with the same predictions
+    _, data, model = load_run(run, log=lambda *_: None)
+    x = next(iter(data.dataset("test", 8, features=list(model.input_names))))[0]
+    np.testing.assert_allclose(model(x)["click"].numpy(), result.model(x)["click"].numpy(), atol=1e-6)

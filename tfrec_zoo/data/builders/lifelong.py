@@ -1,0 +1,151 @@
+"""Lifelong query-item sequences (SEMINAR's setting): each user's whole chronological log of (query, item) pairs.
+
+One protocol for every `*-lifelong` dataset, the one of SEMINAR's code (inherited from S3-Rec):
+
+* leave-one-out per user: the last pair -> test, the second to last -> valid, the rest train (users with fewer
+  than 3 pairs: all train).
+* train rows: the user's last `train_positions` train positions t >= 1 (all when None): a positive row (target =
+  pair t, history = pairs before t, `click` = 1) and one negative row with the same history, an item the user never
+  interacted with (uniform) and, as in SEMINAR's code, a query drawn from the user's own earlier queries (the
+  positive's query when the user has none), `click` = 0.
+* valid / test rows: one positive row per user (history = every pair before it) with `eval_neg_<item>`: 99 distinct
+  items the user never interacted with, ranked against the positive (training/ranking.py: "recommendation" mode
+  empties every query, "search" mode gives the negatives the positive's query).
+* histories: the most recent `max_len` pairs before the target (item ids + query strings, oldest first); never
+  a later split's pair.
+
+Item and query metadata (titles, genres, attributes, query texts) are not columns of the rows: the builder returns
+them as catalogues and the spec declares them `side_of` the ids, so the model looks them up by id for the target
+and for every history step (tfrec_zoo.inputs.FeatureEmbeddings.side).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ...features.spec import FeatureSpec
+from ...paths import seeds_data_dir, shared_datasets_dir
+from . import Built, register
+from ._sampling import SeenItems, read_user_lines, rng_for, sample_unseen
+
+SEED = 2024
+EVAL_NEGATIVES = 99
+
+
+def lifelong_rows(log: pd.DataFrame, *, item: str, hist_item: str, hist_query: str, eval_neg: str,
+                  max_len: int, train_positions: int | None, seed: int) -> dict[str, pd.DataFrame]:
+    """Rows of the three splits from `log` (columns user_id, `item`, query; each user's rows contiguous and in
+    time order). See the module docstring for the protocol."""
+    users = log["user_id"].to_numpy()
+    items = log[item].to_numpy()
+    queries = log["query"].astype(str).to_numpy()
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    ends = np.r_[starts[1:], len(users)]
+    universe = np.unique(items)
+    user_idx = np.repeat(np.arange(len(starts)), ends - starts)
+    seen = SeenItems(user_idx, np.searchsorted(universe, items), len(starts), len(universe))
+    rng_q = rng_for(seed, "negative queries")
+
+    rows: dict[str, list] = {"train": [], "valid": [], "test": []}
+    for u, (s, e) in enumerate(zip(starts, ends)):
+        n = e - s
+        n_train = n - 2 if n >= 3 else n
+        first = 1 if train_positions is None else max(1, n_train - train_positions)
+        positions = [(t, "train") for t in range(first, n_train)]
+        if n >= 3:
+            positions += [(n - 2, "valid"), (n - 1, "test")]
+        for t, split in positions:
+            lo = max(0, t - max_len)
+            rows[split].append((u, s + t, list(items[s + lo:s + t]), list(queries[s + lo:s + t])))
+    out = {}
+    for split, rs in rows.items():
+        u = np.array([r[0] for r in rs], np.int64)
+        at = np.array([r[1] for r in rs], np.int64)
+        df = pd.DataFrame({"user_id": users[at] if len(at) else users[:0], item: items[at] if len(at) else items[:0],
+                           "query": queries[at] if len(at) else queries[:0],
+                           hist_item: [r[2] for r in rs], hist_query: [r[3] for r in rs]})
+        df["click"] = np.float32(1.0)
+        if split == "train":
+            neg = df.copy()
+            neg[item] = universe[sample_unseen(seen, u, 1, rng_for(seed, "train"))[:, 0]] if len(u) else []
+            neg["query"] = [_earlier_query(h, q, rng_q) for h, q in zip(df[hist_query], df["query"])]
+            neg["click"] = np.float32(0.0)
+            df = pd.concat([df, neg]).sort_index(kind="stable").reset_index(drop=True)
+            df[eval_neg] = [[] for _ in range(len(df))]
+        else:
+            df[eval_neg] = list(universe[sample_unseen(seen, u, EVAL_NEGATIVES, rng_for(seed, split))])
+        out[split] = df
+    return out
+
+
+def _earlier_query(history_queries: list, own: str, rng: np.random.Generator) -> str:
+    nonempty = [q for q in history_queries if q]
+    return nonempty[int(rng.integers(len(nonempty)))] if nonempty else own
+
+
+def _summary(splits: dict[str, pd.DataFrame], hist: str) -> dict:
+    lens = np.array([len(h) for h in splits["test"][hist]]) if len(splits["test"]) else np.zeros(1)
+    return {"test_history_len_mean": float(lens.mean()), "test_history_len_max": int(lens.max()),
+            "test_history_len_p90": float(np.percentile(lens, 90))}
+
+
+# -- MovieLens -----------------------------------------------------------------------------------------------------------
+@register("ml-latest-small-lifelong", "MovieLens latest-small as lifelong query-item sequences (SEMINAR): "
+          "leave-one-out, 99 sampled negatives", needs_shared=False)
+def build_ml_lifelong(spec: FeatureSpec, raw_dir: Path | None, *, max_users: int | None = None,
+                      train_positions: int | None = 20, seed: int = SEED) -> Built:
+    """Queries: the user's tags on the movie given at or before the rating, else the movie's genres as a phrase
+    ("Adventure Animation Children"), the way SEMINAR's Amazon setting builds dummy queries from item text."""
+    from .movielens import movie_table, read_movielens, tag_queries
+
+    raw = raw_dir or seeds_data_dir() / "ml-latest-small"
+    ratings, movies, tags = read_movielens(raw)
+    if max_users is not None:
+        ratings = ratings[ratings["userId"].isin(sorted(ratings["userId"].unique())[:max_users])]
+        ratings = ratings.reset_index(drop=True)
+    ratings = ratings.assign(tag_query=tag_queries(ratings, tags).to_numpy())
+    table = movie_table(movies)
+    genre_phrase = dict(zip(table["movie_id"], [" ".join(g) for g in table["genres"]]))
+    log = ratings.rename(columns={"userId": "user_id", "movieId": "movie_id"})
+    log["query"] = [t if t else genre_phrase.get(m, "") for t, m in zip(log["tag_query"], log["movie_id"])]
+    log = log.sort_values(["user_id", "timestamp", "movie_id"], kind="stable").reset_index(drop=True)
+    max_len = spec["history"].max_len
+    splits = lifelong_rows(log, item="movie_id", hist_item="hist_movie_id", hist_query="hist_query",
+                           eval_neg="eval_neg_movie_id", max_len=max_len, train_positions=train_positions, seed=seed)
+    queries = sorted({q for df in splits.values() for q in df["query"]} | set(log["query"]))
+    # the rated movies: the only ones a target, a history step or a sampled negative can be
+    rated = table[table["movie_id"].isin(log["movie_id"].unique())]
+    catalogues = {"movie_id": rated[["movie_id", "title", "genres"]],
+                  "query": pd.DataFrame({"query": queries, "query_text": queries})}
+    return Built(splits, source=str(raw), catalogues=catalogues, extra={
+        "protocol": "leave-one-out; train = last %s train positions per user + 1 negative each; 99 eval negatives"
+                    % train_positions, "queries": "user tags at or before the rating, else the genre phrase",
+        "seed": seed, "max_users": max_users, **_summary(splits, "hist_movie_id")})
+
+
+# -- Amazon Beauty (S3-Rec files) ----------------------------------------------------------------------------------------
+@register("amazon-beauty-lifelong", "Amazon Beauty (S3-Rec) as query-item sequences (SEMINAR): query = the item's "
+          "attribute tokens, leave-one-out, 99 sampled negatives")
+def build_beauty_lifelong(spec: FeatureSpec, raw_dir: Path | None, *, max_users: int | None = None,
+                          train_positions: int | None = None, seed: int = SEED) -> Built:
+    """Dummy queries as HEM and SEMINAR's Amazon setting build them: the item's category/brand attribute ids as
+    keyword tokens ("12 40 7"); the file has no attribute names, so the query has no text vector."""
+    from .s3rec import FOLDER, read_item_attributes
+
+    raw = raw_dir or shared_datasets_dir() / FOLDER
+    lines = read_user_lines(raw / "Beauty.txt", min_items=1).take_users(max_users)
+    attrs = read_item_attributes(raw / "Beauty_item2attributes.json")
+    log = pd.DataFrame({"user_id": np.repeat(lines.users, lines.lengths), "item_id": lines.items})
+    log["query"] = [" ".join(map(str, attrs.get(int(i), []))) for i in log["item_id"]]
+    splits = lifelong_rows(log, item="item_id", hist_item="hist_item_id", hist_query="hist_query",
+                           eval_neg="eval_neg_item_id", max_len=spec["history"].max_len,
+                           train_positions=train_positions, seed=seed)
+    all_items = sorted(set(attrs) | set(int(i) for i in lines.items))
+    catalogues = {"item_id": pd.DataFrame({"item_id": all_items,
+                                           "item_attrs": [attrs.get(i, []) for i in all_items]})}
+    return Built(splits, source=str(raw), catalogues=catalogues, extra={
+        "protocol": "leave-one-out; train = every train position t >= 1 + 1 negative; 99 eval negatives",
+        "queries": "the item's attribute ids as keyword tokens", "seed": seed, "max_users": max_users,
+        **_summary(splits, "hist_item_id")})

@@ -1,0 +1,209 @@
+"""SEMINAR (Shen et al., arXiv 2407.10714) and the lifelong-sequence baselines it is compared with.
+
+Every model here reads one lifelong sequence of (query, item) pairs and the target pair; they differ in how the
+general search unit (GSU) picks K of the L history steps for the exact search unit (ESU):
+
+    seminar       multi-modal items (id + every `side_of` feature of the item: attributes, title text) fused by a
+                  global gate, query-item pairs, TWIN-style per-head top-K + ESU, PSU pretraining (seminar_psu)
+    twin          the same GSU/ESU over id-only items (Chang et al. 2023: per-head consistent GSU and ESU)
+    sim           top-K by inner product in the embedding space, shared by the heads (SIM soft search)
+    eta           top-K by SimHash Hamming matches of the fused vectors (ETA, 16 bits)
+    qin           top-K1 by query relevance, then top-K2 by item relevance among them (QIN)
+    lifelong_din  DIN's target attention over the whole sequence (exact, no GSU)
+
+Shared structure (digest §1.4): item_l = gate(id_l, attrs_l, text_l) (each modality projected to `dim`),
+query_l = gate(query id, query text) (zero when empty), x_l = alpha * query_l + (1 - alpha) * item_l, the target pair
+t the same way; then ESU(t, GSU(x)) -> MLP([esu, t]) -> one head per task. Modality vectors come from the ids
+through side tables (`FeatureEmbeddings.side`), so a history step is just (item id, query id).
+
+Deviations from the official code (digest §1.4-1.5): the per-head Q/K/V projections are trained (the code's plain
+lists leave them at their random init); padded steps are masked before top-K; the relevance objective is a real
+InfoNCE (the code's version pushes positives apart); text vectors are MiniLM (384-d), not CLIP.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .._tf import keras, tf
+from ..features.spec import FeatureSpec, MultiHotFeature, TextFeature, VectorFeature
+from ..inputs import FeatureEmbeddings, build_inputs
+from ..layers import TargetAttention
+from ..layers.lifelong import (
+    GSUScores, ModalityTables, MultiHeadTargetAttention, NonEmpty, PairFusion, QueryDropout,
+)
+from . import register_model
+from .common import concat, functional_model, head, mlp, target_and_history
+
+GSU_KINDS = ("seminar", "twin", "sim", "eta", "qin", "din", "exact")
+
+
+@dataclass(frozen=True)
+class LifelongConfig:
+    gsu: str = "seminar"                # see GSU_KINDS; "exact" = per-head attention over the whole sequence
+    modalities: tuple = ()              # item modalities: "id" and side feature names; () = id + every side feature
+    use_query: bool = True              # fuse each item with its query (False: items only)
+    dim: int = 64                       # D of the fused space (digest: hidden_size 64)
+    heads: int = 4
+    top_k: int = 50                     # K retrieved per head (digest: 50 on Amazon with L = 100)
+    qin_first_k: int = 80               # QIN's first-stage K1
+    eta_bits: int = 16
+    alpha: float = 0.5                  # query weight of the pair fusion
+    # training only: empty the target pair's query with this probability, so the model also learns to rank
+    # without a search intent ("recommendation" mode empties it at evaluation)
+    query_dropout: float = 0.5
+    modality_projection: bool = True    # fine-tuning's per-modality D x D projections G (identity init)
+    dnn_units: tuple = (128, 64)
+    dropout: float = 0.0
+    # PSU pretraining (model `seminar_psu`): loss = next * BCE + align * L_align + relevance * L_qi
+    next_weight: float = 1.0
+    align_weight: float = 0.1           # the Amazon script's loss_multimodal_align_weight
+    relevance_weight: float = 1.0
+    temperature: float = 0.05
+    aux_steps: int = 1024               # at most this many distinct history steps per batch in the contrastive losses
+
+
+def _config(**defaults):
+    return dataclass(frozen=True)(type("Config", (LifelongConfig,), {
+        "__annotations__": {k: type(v) for k, v in defaults.items()}, **defaults}))
+
+
+TwinConfig = _config(gsu="twin", modalities=("id",), modality_projection=False)
+SimConfig = _config(gsu="sim", modalities=("id",), modality_projection=False)
+EtaConfig = _config(gsu="eta", modalities=("id",), modality_projection=False)
+QinConfig = _config(gsu="qin", modalities=("id",), modality_projection=False)
+LifelongDinConfig = _config(gsu="din", modalities=("id",), modality_projection=False)
+
+
+class _Parts:
+    """The embedding side of a lifelong model: modality tables of items and queries (ModalityTables), fused."""
+
+    def __init__(self, spec: FeatureSpec, artifacts, cfg: LifelongConfig):
+        if cfg.gsu not in GSU_KINDS:
+            raise ValueError(f"lifelong model: gsu must be one of {GSU_KINDS}, got {cfg.gsu!r}")
+        self.spec, self.artifacts, self.cfg = spec, artifacts, cfg
+        self.emb = FeatureEmbeddings(spec, artifacts)
+        self.target, self.history, self.hist_item = target_and_history(spec, None, None)
+        sides = [f.name for f in spec.side_features(self.target)]
+        self.modalities = list(cfg.modalities) or ["id"] + sides
+        bad = [m for m in self.modalities if m != "id" and m not in sides]
+        if bad:
+            raise ValueError(f"{spec.source}: modalities {bad} are not side features of {self.target!r} ({sides})")
+        self.query = self.hist_query = None
+        if cfg.use_query or cfg.gsu == "qin":
+            self.query = spec.keys.get("query")
+            if not self.query:
+                raise ValueError(f"{spec.source}: set `keys: {{query: ...}}` (the target pair's query id) or "
+                                 "`use_query: false`")
+            qtable = spec.table_of(self.query)
+            fields = [sf.name for sf in spec[self.history].fields if sf.kind == "id"
+                      and spec.table_of(sf.name) == qtable]
+            if not fields:
+                raise ValueError(f"{spec.source}: no field of {self.history!r} shares {self.query!r}'s table")
+            self.hist_query = fields[0]
+
+    def tables(self, owner: str, modalities: list[str], name: str) -> ModalityTables:
+        """A ModalityTables layer over `owner`'s vocabulary rows (its id embedding built here, so its variable keeps
+        the zoo's `emb_<table>/embeddings` name for restore-by-name)."""
+        spec, art = self.spec, self.artifacts
+        table = spec.table_of(owner)
+        specs, frozen, attrs = [], {}, {}
+        id_emb = None
+        for m in modalities:
+            if m == "id":
+                id_emb = _built(self.emb.table(table))
+                specs.append(("id", None))
+                continue
+            f = spec[m]
+            if isinstance(f, MultiHotFeature):
+                attrs[m] = _built(self.emb.table(spec.table_of(m)))
+                frozen[m], frozen[m + "_len"] = art.side[f"{owner}/{m}"], art.side[f"{owner}/{m}_len"]
+                specs.append(("multi_hot", m))
+            elif isinstance(f, (TextFeature, VectorFeature)):
+                frozen[m] = art.side[f"{owner}/{m}"]
+                specs.append(("dense", m))
+            else:
+                raise ValueError(f"{spec.source}: side feature {m!r} ({f.kind}) is not a supported modality "
+                                 "(text, vector, multi_hot)")
+        return ModalityTables(specs, self.cfg.dim, self.cfg.modality_projection, id_emb, frozen, attrs,
+                              art.vocab_size(spec, table), name=name)
+
+
+def _built(embedding):
+    """The Embedding layer, built through a call (so its variable is named `<layer>/embeddings`)."""
+    if not embedding.built:
+        embedding(tf.zeros([1], tf.int32))
+    return embedding
+
+
+def lifelong_network(spec: FeatureSpec, artifacts, cfg: LifelongConfig):
+    """(inputs, {task: output}, aux tensors for the PSU objectives)."""
+    parts = _Parts(spec, artifacts, cfg)
+    emb = parts.emb
+    inputs = build_inputs(spec)
+    mask = emb.mask(parts.history, inputs)
+    items = parts.tables(parts.target, parts.modalities, "item_modalities")
+    step_rows, target_rows = emb.index(parts.hist_item, inputs), emb.index(parts.target, inputs)
+    item_s, item_t, *step_mods = items([step_rows, target_rows])
+    aux = {"mask": mask, "step_rows": step_rows, "step_item": item_s,
+           **{f"step_{m}": v for m, v in zip(parts.modalities, step_mods)}}
+    if parts.query:
+        qside = [f.name for f in spec.side_features(parts.query)]
+        queries = parts.tables(parts.query, ["id"] + qside, "query_modalities")
+        q_rows_s, q_rows_t = emb.index(parts.hist_query, inputs), emb.index(parts.query, inputs)
+        q_s, q_t = queries([q_rows_s, q_rows_t])[:2]
+        q_present_s = NonEmpty(name="present_step_query")(inputs[parts.hist_query])
+        q_present_t = NonEmpty(name="present_query")(inputs[parts.query])
+        if cfg.query_dropout:
+            q_present_t = QueryDropout(cfg.query_dropout, name="query_dropout")(q_present_t)
+        q_s = keras.layers.Multiply(name="masked_step_query")([q_s, q_present_s[..., None]])
+        q_t = keras.layers.Multiply(name="masked_query")([q_t, q_present_t[..., None]])
+        aux.update(step_query=q_s, step_query_present=q_present_s, step_query_rows=q_rows_s)
+    if cfg.use_query:
+        fusion = PairFusion(cfg.alpha, name="pair_fusion")
+        t, steps = fusion([q_t, item_t]), fusion([q_s, item_s])
+    else:
+        t, steps = item_t, item_s
+    if cfg.gsu == "din":
+        esu = TargetAttention((80, 40), "sigmoid", "softmax", name="din_attention")([t, steps, mask])
+    else:
+        args = [t, steps, mask]
+        if cfg.gsu in ("sim", "eta"):
+            args.append(GSUScores(cfg.gsu, bits=cfg.eta_bits, name="gsu_scores")([t, steps, mask]))
+        elif cfg.gsu == "qin":
+            args.append(GSUScores("qin", first_k=cfg.qin_first_k, name="gsu_scores")([q_t, q_s, item_t, item_s,
+                                                                                        mask]))
+        top_k = 0 if cfg.gsu == "exact" else cfg.top_k
+        esu = MultiHeadTargetAttention(cfg.heads, top_k, name="esu")(args)
+    hidden = mlp(concat([esu, t], "tower_concat"), cfg.dnn_units, dropout=cfg.dropout, name="dnn")
+    outputs = {lab.task: head(lab, hidden) for lab in spec.labels}
+    return inputs, outputs, aux
+
+
+def _build(spec, artifacts, cfg):
+    inputs, outputs, _ = lifelong_network(spec, artifacts, cfg)
+    return functional_model(inputs, outputs, f"lifelong_{cfg.gsu}")
+
+
+_DOCS = {
+    "seminar": ("seminar", LifelongConfig, "SEMINAR: multi-modal query-item pairs, per-head top-K GSU + ESU (fine-tune)"),
+    "twin": ("twin", TwinConfig, "TWIN: per-head consistent top-K GSU and ESU over id-only query-item pairs"),
+    "sim": ("sim", SimConfig, "SIM (soft search): top-K by embedding inner product, then multi-head ESU"),
+    "eta": ("eta", EtaConfig, "ETA: top-K by SimHash Hamming matches, then multi-head ESU"),
+    "qin": ("qin", QinConfig, "QIN: top-K1 by query relevance, top-K2 by item relevance, then multi-head ESU"),
+    "lifelong_din": ("lifelong_din", LifelongDinConfig, "DIN over the whole query-item sequence (exact attention)"),
+}
+
+
+def _register(name: str, cfg_cls: type, doc: str) -> None:
+    def build(spec, artifacts, cfg):
+        return _build(spec, artifacts, cfg)
+
+    build.__doc__ = doc
+    register_model(name, cfg_cls)(build)
+
+
+for _name, _cls, _doc in _DOCS.values():
+    _register(_name, _cls, _doc)
+
+# the models that need a lifelong spec (keys.item + keys.query, a history sharing both tables)
+LIFELONG_MODELS = (*_DOCS, "seminar_psu")

@@ -1,0 +1,117 @@
+"""Sampled ranking evaluation (the SASRec / S3-Rec / SEMINAR protocol): each valid/test row's positive is ranked
+among the row's sampled negatives (`eval_negatives`, 99 in the lifelong datasets).
+
+Every row becomes 1 + N candidate rows that share the row's user, history and query and differ in the item id;
+the model scores them (by logit when it has a `<task>_logit` layer: float32 sigmoids of strong candidates
+saturate to 1.0 and would tie); HIT@k / NDCG@k / MRR count ties against the model (tfrec_zoo.metrics).
+
+Modes (digest §1.7): "recommendation" empties every query (the target's and the history's: no search intent),
+"search" keeps the row's query for every candidate (the negatives take the positive's query).
+Also reported: AUC over all candidate rows and GAUC grouped by test row.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from tfrec_zoo import metrics as M
+from tfrec_zoo._tf import keras, tf
+
+MODES = ("recommendation", "search")
+
+
+def negatives_field(spec) -> tuple[str, str]:
+    """(sequence name, id field) of the spec's `eval_negatives` sequence (its field shares the item's table)."""
+    item = spec.keys.get("item")
+    names = {f.name for f in spec.features}
+    if "eval_negatives" not in names or not item:
+        raise ValueError(f"{spec.source}: sampled evaluation needs `keys: {{item: ...}}` and an `eval_negatives` "
+                         "sequence whose id field shares the item's table")
+    for sf in spec["eval_negatives"].fields:
+        if sf.kind == "id" and spec.table_of(sf.name) == spec.table_of(item):
+            return "eval_negatives", sf.name
+    raise ValueError(f"{spec.source}: eval_negatives has no id field sharing {item!r}'s table")
+
+
+def has_sampled_protocol(spec) -> bool:
+    try:
+        negatives_field(spec)
+        return True
+    except ValueError:
+        return False
+
+
+def _query_columns(spec, model_inputs: Sequence[str]) -> list[str]:
+    """The model's input columns in the query table (the target's query and the history's query field)."""
+    query = spec.keys.get("query")
+    if not query:
+        return []
+    table = spec.table_of(query)
+    cats = dict(spec.categorical_columns())
+    return [c for c in model_inputs if c in cats and spec.table_of(c) == table]
+
+
+def scoring_model(model, task: str):
+    """(model whose output is the task's logit (or probability), "logit" | "prob")."""
+    try:
+        layer = model.get_layer(f"{task}_logit")
+        return keras.Model(model.inputs, layer.output), "logit"
+    except (ValueError, AttributeError):
+        return model, "prob"
+
+
+def evaluate_sampled(model, data, split: str = "test", *, modes: Sequence[str] = MODES,
+                     ks: Sequence[int] = (1, 5, 10, 50), task: str | None = None, max_rows: int | None = None,
+                     candidate_rows: int = 400_000) -> dict[str, Any]:
+    """{mode: {"hit@k", "ndcg@k", "mrr", "auc", "gauc", "rows", "negatives", "scores"}} over `split`."""
+    spec = data.spec
+    item = spec.keys["item"]
+    seq, neg_field = negatives_field(spec)
+    task = task or spec.labels[0].task
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"sampled evaluation modes must be among {MODES}, got {bad}")
+    scorer, kind = scoring_model(model, task)
+    inputs = list(model.input_names)
+    queries = _query_columns(spec, inputs)
+    n_neg = spec[seq].max_len
+    longest = max([spec[f.name].max_len for f in spec.of_kind("sequence") if any(
+        sf.name in inputs for sf in f.fields)] or [1])
+    # rows per call: bound the [rows x (1 + N) x L] step tensors
+    batch = max(1, candidate_rows // ((1 + n_neg) * longest))
+    out = {}
+    for mode in modes:
+        pos_all, neg_all = [], []
+        seen = 0
+        for feats, _ in (b[:2] for b in data.dataset(split, batch, features=inputs + [neg_field, spec[seq].length_name])):
+            lengths = feats[spec[seq].length_name].numpy()
+            if (lengths != n_neg).any():
+                raise ValueError(f"{data.path} [{split}]: a row has {int(lengths.min())} eval negatives, the "
+                                 f"protocol needs {n_neg} for every row (rebuild the dataset)")
+            b = int(lengths.shape[0])
+            cands = tf.concat([feats[item][:, None], feats[neg_field]], axis=1)         # [b, 1 + N]
+            x = {k: tf.repeat(feats[k], 1 + n_neg, axis=0) for k in inputs if k != item}
+            x[item] = tf.reshape(cands, [-1])
+            if mode == "recommendation":
+                for q in queries:
+                    x[q] = tf.fill(tf.shape(x[q]), tf.constant("", x[q].dtype)) if x[q].dtype == tf.string \
+                        else tf.zeros_like(x[q])
+            scores = np.asarray(scorer.predict_on_batch(x)[task] if isinstance(scorer.output, dict)
+                                else scorer.predict_on_batch(x)).reshape(b, 1 + n_neg)
+            pos_all.append(scores[:, 0])
+            neg_all.append(scores[:, 1:])
+            seen += b
+            if max_rows is not None and seen >= max_rows:
+                break
+        pos, neg = np.concatenate(pos_all), np.concatenate(neg_all)
+        if max_rows is not None:
+            pos, neg = pos[:max_rows], neg[:max_rows]
+        res = M.sampled_ranking_metrics(pos, neg, ks)
+        labels = np.concatenate([np.ones((len(pos), 1)), np.zeros(neg.shape)], 1).ravel()
+        flat = np.concatenate([pos[:, None], neg], 1).ravel()
+        groups = np.repeat(np.arange(len(pos)), 1 + n_neg)
+        res.update(auc=M.auc(labels, flat), gauc=M.gauc(labels, flat, groups).value, rows=int(len(pos)),
+                   negatives=int(n_neg), scores=kind)
+        out[mode] = res
+    return out

@@ -32,6 +32,7 @@ test-slow: $(STAMP)
 # DeepCTR, only for benchmarks/train_throughput.py: 0.9.3 pins h5py==3.7.0 (no Python 3.11 wheel), so --no-deps.
 bench-deps: $(STAMP)
 	$(BIN)/pip install -q --no-deps "deepctr==0.9.3"
+	$(BIN)/pip install -q -e ".[bench]"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

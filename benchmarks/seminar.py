@@ -56,7 +56,8 @@ def variant_experiment(dataset: str, variant: str, epochs: int | None):
     if "model" in change:
         exp.model = change["model"]
         # baselines keep the shared sizes (D, heads, K) and take their own defaults for the rest
-        exp.params = {k: v for k, v in exp.params.items() if k in ("dim", "heads", "top_k", "query_dropout")}
+        exp.params = {k: v for k, v in exp.params.items()
+                      if k in ("dim", "heads", "top_k", "query_dropout", "use_query")}
     exp.params = {**exp.params, **change.get("params", {})}
     if "pretrain" in change:
         exp.pretrain = change["pretrain"]
@@ -75,7 +76,7 @@ def table(results: dict) -> str:
                   "| model | mode | " + " | ".join(c.upper() for c in COLUMNS) + " | train s |",
                   "|---|---|" + "---|" * (len(COLUMNS) + 1)]
         for variant, r in rows.items():
-            for mode in ("recommendation", "search"):
+            for mode in [m for m in ("recommendation", "search") if m in r["metrics"]]:
                 m = r["metrics"][mode]
                 lines.append(f"| {variant} | {mode} | " + " | ".join(f"{m[c]:.4f}" for c in COLUMNS)
                              + f" | {r['seconds']:.0f} |")
@@ -106,13 +107,17 @@ def main() -> int:
     ap.add_argument("--runs", default=str(ROOT / "benchmarks" / "out" / "seminar_runs"))
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "seminar.json"))
     ap.add_argument("--no-card", action="store_true", help="do not write the table into seeds/papers/seminar.md")
+    ap.add_argument("--card-only", action="store_true", help="rewrite the table and card from the JSON, train nothing")
     args = ap.parse_args()
 
     out = Path(args.json)
     results = json.loads(out.read_text()) if out.exists() else {}
-    for dataset in args.datasets:
+    for dataset in [] if args.card_only else args.datasets:
         for variant in args.variants:
             exp = variant_experiment(dataset, variant, args.epochs)
+            if exp.model == "qin" and not exp.params.get("use_query", True):
+                print(f"{dataset} qin: skipped (QIN's first stage needs queries; the dataset has none)", flush=True)
+                continue
             run_dir = Path(args.runs) / dataset / variant.replace(" ", "_")
             if run_dir.exists():
                 import shutil
@@ -132,7 +137,7 @@ def main() -> int:
     text = table(results)
     print(text)
     if not args.no_card:
-        write_card(text, "python benchmarks/seminar.py --datasets " + " ".join(args.datasets))
+        write_card(text, "python benchmarks/seminar.py --datasets " + " ".join(results))
     return 0
 
 

@@ -129,10 +129,32 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="50 users, L in 1000, 2000, N = 20,000 (< 1 minute)")
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "seminar_gsu.json"))
+    p.add_argument("--run", help="a trained seminar / twin run directory: first measure each GSU on the model "
+                                 "(benchmarks/seminar_gsu_model.py), then time them on the model's item table")
+    p.add_argument("--run-max-rows", type=int, help="test rows for the model-quality part (default: all)")
     args = p.parse_args(argv)
     if args.quick:                                                      # smaller defaults; explicit flags still win
         p.set_defaults(users=50, lengths="1000,2000", items=20_000, train_sample=10_000)
         args = p.parse_args(argv)
+    model_rows = None
+    if args.run:
+        from benchmarks.seminar_gsu_model import model_gsu_quality
+
+        model_rows, tables = model_gsu_quality(args.run, max_rows=args.run_max_rows)
+        k_model = tables["k"]
+        print(f"\nGSU quality on {args.run} (test, 1 + 99 negatives, recommendation mode; recall@{k_model} of the "
+              f"per-head top-{k_model} vs the exact one, histories longer than {k_model})\n")
+        print(f"| GSU | recall@{k_model} | HIT@10 | NDCG@10 | MRR |")
+        print("|---|---|---|---|---|")
+        for r in model_rows:
+            print(f"| {r['gsu']} | {r[f'recall@{k_model}']:.4f} | {r['hit@10']:.4f} | {r['ndcg@10']:.4f} | "
+                  f"{r['mrr']:.4f} |")
+        # the latency part then runs on the model's own per-modality item table and gate weights
+        path = Path(args.json).with_name("seminar_gsu_items.npy")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, tables["modalities"])
+        args.item_vectors = str(path)
+        args.weights = ",".join(f"{w:.6f}" for w in tables["weights"])
     lengths = [int(v) for v in args.lengths.split(",")]
     subspaces = [int(v) for v in args.pq_subspaces.split(",")]
     bits_list = [int(v) for v in args.simhash_bits.split(",")]
@@ -284,7 +306,8 @@ def main(argv=None) -> int:
     out = {"source": source, "weights": weights.tolist(), "items": n, "modalities": m, "dim": dim, "k": k,
            "batch": args.batch, "users": args.users, "lengths": lengths, "codewords": args.codewords,
            "codebooks": args.codebooks, "scann": {"search_frac": args.scann_search_frac, "reorder": args.scann_reorder},
-           "cpus": os.cpu_count(), "offline": offline, "rows": rows, "total_s": total}
+           "cpus": os.cpu_count(), "offline": offline, "rows": rows, "total_s": total,
+           "model_quality": model_rows, "run": args.run}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.json}")

@@ -205,7 +205,7 @@ def _cmd_export(args) -> int:
     from training.exporting import export_run
 
     export_run(args.run_dir, args.name, args.base_dir, keep=args.keep, warmup=args.warmup, k=args.k,
-               scann=not args.no_scann)
+               scann=not args.no_scann, gsu=args.gsu, pq_subspaces=args.pq_subspaces)
     return 0
 
 
@@ -311,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--keep", type=int, default=5, help="how many newest versions to keep")
     ex.add_argument("--warmup", type=int, default=32, help="validation examples in the warmup requests")
     ex.add_argument("--k", type=int, default=100, help="retrieval models: how many items the top-K exports return")
+    ex.add_argument("--gsu", choices=["auto", "exact", "pq"], default="auto",
+                    help="seminar / twin: serve the PQ GSU (auto, pq) or the exact one")
+    ex.add_argument("--pq-subspaces", type=int, default=16, help="PQ sub-spaces (must divide the model's dim)")
     ex.add_argument("--no-scann", action="store_true",
                     help="retrieval models: skip NAME_topk_scann (it needs the ScaNN build of TF Serving)")
     ex.set_defaults(fn=_cmd_export)

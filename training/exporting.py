@@ -54,10 +54,22 @@ def fresh_process_outputs(version_dir: Path, records: list[bytes], imports: tupl
 
 
 def export_run(run_dir: str | Path, name: str, base_dir: str | Path = "saved_models", *, keep: int = 5,
-               warmup: int = 32, parity_rows: int = 256, k: int = 100, scann: bool = True, log=print):
+               warmup: int = 32, parity_rows: int = 256, k: int = 100, scann: bool = True, gsu: str = "auto",
+               pq_subspaces: int = 16, log=print):
     """Export a run; returns the version dir (ranking models) or {suffix: version dir} (retrieval models: see
-    `export_retrieval_run`)."""
-    _, data, model = load_run(run_dir, log)
+    `export_retrieval_run`). `gsu`: for seminar / twin runs, "pq" serves the multi-modal PQ GSU (codebooks and
+    codes built from the trained tables, `with_pq_gsu`), "exact" the trained exact GSU; "auto" = pq for them."""
+    exp, data, model = load_run(run_dir, log)
+    if gsu not in ("auto", "exact", "pq"):
+        raise ValueError(f"gsu must be auto, exact or pq, got {gsu!r}")
+    pq_models = ("seminar", "twin")
+    if gsu == "pq" and exp.model not in pq_models:
+        raise ValueError(f"{run_dir}: --gsu pq approximates the GSU of {'/'.join(pq_models)}, not {exp.model}")
+    if exp.model in pq_models and gsu in ("auto", "pq"):
+        from tfrec_zoo.models.seminar import with_pq_gsu
+
+        model, _ = with_pq_gsu(model, data.spec, data.artifacts, exp.model, exp.params, subspaces=pq_subspaces)
+        log(f"GSU: multi-modal PQ, {pq_subspaces} sub-spaces x 256 codewords (codes of every item and query)")
     records = validation_records(data, max(warmup, parity_rows))
     if is_retrieval(model):
         return export_retrieval_run(model, data, name, base_dir, records, keep=keep, warmup=warmup, k=k,

@@ -63,8 +63,9 @@ def scoring_model(model, task: str):
 
 def evaluate_sampled(model, data, split: str = "test", *, modes: Sequence[str] = MODES,
                      ks: Sequence[int] = (1, 5, 10, 50), task: str | None = None, max_rows: int | None = None,
-                     candidate_rows: int = 400_000) -> dict[str, Any]:
-    """{mode: {"hit@k", "ndcg@k", "mrr", "auc", "gauc", "rows", "negatives", "scores"}} over `split`."""
+                     candidate_rows: int = 400_000, eager: bool = False) -> dict[str, Any]:
+    """{mode: {"hit@k", "ndcg@k", "mrr", "auc", "gauc", "rows", "negatives", "scores"}} over `split`.
+    `eager` calls the model eagerly (layers with Python hooks, e.g. a benchmark's GSU selection)."""
     spec = data.spec
     item = spec.keys["item"]
     seq, neg_field = negatives_field(spec)
@@ -97,8 +98,8 @@ def evaluate_sampled(model, data, split: str = "test", *, modes: Sequence[str] =
                 for q in queries:
                     x[q] = tf.fill(tf.shape(x[q]), tf.constant("", x[q].dtype)) if x[q].dtype == tf.string \
                         else tf.zeros_like(x[q])
-            scores = np.asarray(scorer.predict_on_batch(x)[task] if isinstance(scorer.output, dict)
-                                else scorer.predict_on_batch(x)).reshape(b, 1 + n_neg)
+            pred = scorer(x, training=False) if eager else scorer.predict_on_batch(x)
+            scores = np.asarray(pred[task] if isinstance(pred, dict) else pred).reshape(b, 1 + n_neg)
             pos_all.append(scores[:, 0])
             neg_all.append(scores[:, 1:])
             seen += b

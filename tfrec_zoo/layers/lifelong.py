@@ -122,11 +122,24 @@ class MultiHeadTargetAttention(keras.layers.Layer):
     Inputs: (target [B, D], steps [B, L, D], mask [B, L]) or, with a shared selection, (..., scores [B, L]).
     Output [B, D]. `top_k` >= L (or 0) attends over the whole sequence (the exact reference path).
     Returns only the output; `selected(inputs)` gives each head's retrieved indices [B, H, K] (for recall checks).
+
+    Approximate GSU (`pq`: {"codebook_shape": [M, C, K, d], "item_rows": V, "query_rows": Vq, "alpha": a}): each
+    step is x_l = w_item * item_l + w_query * present_l * query_l (SEMINAR's pair fusion), items and queries are
+    product-quantised (per-id codes [V, C] precomputed from the trained tables, codebooks [M, C, K, d]), and each
+    head scores a step by asymmetric distance: LUT_h = <q'_h sub-vectors, codewords> built once per request, then
+    score_{h,l} = w_item * sum_c LUT_h,item[c, code_c(item_l)] + w_query * present_l * sum_c LUT_h,query[...],
+    with q'_h = W_K^h^T (W_Q^h t + b_Q^h) so the ranking matches the exact head score's. The top-K steps then go
+    through the exact ESU. Inputs then: (target, steps, mask, item_rows [B, L], query_rows [B, L], present [B, L])
+    (the last two only when M = 2). Codebooks and codes are non-trainable weights (`set_pq`).
     """
 
-    def __init__(self, heads: int = 4, top_k: int = 50, **kwargs):
+    def __init__(self, heads: int = 4, top_k: int = 50, pq: dict | None = None, **kwargs):
         super().__init__(**kwargs)
         self.heads, self.top_k = int(heads), int(top_k)
+        self.pq = dict(pq) if pq else None
+        # benchmarks only (eager calls): selection_fn(q_step [B,H,D], bias [B,H], steps, mask, k) -> (idx, valid)
+        # replaces the GSU, e.g. to measure the model's quality with a ScaNN or SimHash selection
+        self.selection_fn = None
 
     def build(self, input_shape):
         d = int(input_shape[0][-1])
@@ -141,23 +154,66 @@ class MultiHeadTargetAttention(keras.layers.Layer):
         self.bv = self.add_weight("bv", shape=[h, d], initializer="zeros")
         self.wo = self.add_weight("wo", shape=[h * d, d], initializer=init)
         self.bo = self.add_weight("bo", shape=[d], initializer="zeros")
+        if self.pq:
+            m, c, k, sub = (int(x) for x in self.pq["codebook_shape"])
+            self.pq_codebooks = self.add_weight("pq_codebooks", shape=[m, c, k, sub], trainable=False,
+                                                initializer="zeros")
+            self.pq_item_codes = self.add_weight("pq_item_codes", shape=[int(self.pq["item_rows"]), c],
+                                                 dtype="int32", trainable=False, initializer="zeros")
+            if m > 1:
+                self.pq_query_codes = self.add_weight("pq_query_codes", shape=[int(self.pq["query_rows"]), c],
+                                                      dtype="int32", trainable=False, initializer="zeros")
         super().build(input_shape)
+
+    def set_pq(self, codebooks, item_codes, query_codes=None) -> None:
+        """Load trained codebooks [M, C, K, d] and per-id codes (items [V, C], queries [Vq, C])."""
+        self.pq_codebooks.assign(codebooks)
+        self.pq_item_codes.assign(item_codes.astype("int32"))
+        if query_codes is not None:
+            self.pq_query_codes.assign(query_codes.astype("int32"))
+
+    def _pq_scores(self, q_step, bias, inputs):
+        """[B, H, L] approximate head scores from the steps' PQ codes (see the class docstring)."""
+        from .quantization import pq_scores
+
+        b, h = tf.shape(q_step)[0], self.heads
+        q = tf.reshape(q_step, [-1, self.dim])                                   # [B*H, D]
+        alpha = float(self.pq.get("alpha", 0.0))
+        multi = self.pq_codebooks.shape[0] > 1
+
+        def part(codes_table, rows, m):
+            codes = tf.repeat(tf.gather(codes_table, tf.cast(rows, tf.int32)), h, axis=0)   # [B*H, L, C]
+            return tf.reshape(pq_scores(q, codes, self.pq_codebooks[m]), [b, h, -1])
+
+        scores = (1.0 - alpha if multi else 1.0) * part(self.pq_item_codes, inputs[3], 0)
+        if multi:
+            scores += alpha * tf.cast(inputs[5], scores.dtype)[:, None, :] * part(self.pq_query_codes, inputs[4], 1)
+        return scores + bias[..., None]
+
+    def query_in_step_space(self, target):
+        """(q'_h = W_K^h^T (W_Q^h t + b_Q^h) [B, H, D], (W_Q^h t + b_Q^h) . b_K^h [B, H]): the head score of a step
+        x is q'_h . x + that bias."""
+        qh = tf.einsum("bd,hde->bhe", target, self.wq) + self.bq                 # [B, H, D]
+        return tf.einsum("bhe,hde->bhd", qh, self.wk), tf.reduce_sum(qh * self.bk, -1)
 
     def head_scores(self, target, steps):
         """[B, H, L] exact per-head scores (W_Q t + b_Q) . (W_K x_l + b_K), without materialising W_K x_l."""
-        qh = tf.einsum("bd,hde->bhe", target, self.wq) + self.bq                 # [B, H, D]
-        q_in_step_space = tf.einsum("bhe,hde->bhd", qh, self.wk)                 # [B, H, D]
-        bias = tf.reduce_sum(qh * self.bk, -1)                                   # [B, H]
-        return tf.einsum("bhd,bld->bhl", q_in_step_space, steps) + bias[..., None]
+        q_step, bias = self.query_in_step_space(target)
+        return tf.einsum("bhd,bld->bhl", q_step, steps) + bias[..., None]
 
     def selected(self, inputs):
         target, steps, mask = inputs[:3]
         length = int(steps.shape[1])
         k = length if self.top_k <= 0 or self.top_k >= length else self.top_k
-        if len(inputs) > 3:                                                      # a shared GSU selection
+        if len(inputs) > 3 and not self.pq:                                     # a shared GSU selection
             idx, valid = masked_top_k(inputs[3], mask, k)
             return tf.tile(idx[:, None], [1, self.heads, 1]), tf.tile(valid[:, None], [1, self.heads, 1])
-        scores = self.head_scores(target, steps)                                 # [B, H, L]
+        if self.selection_fn is not None:
+            return self.selection_fn(*self.query_in_step_space(target), steps, mask, k)
+        if self.pq:
+            scores = self._pq_scores(*self.query_in_step_space(target), inputs)  # [B, H, L] from codes
+        else:
+            scores = self.head_scores(target, steps)                             # [B, H, L]
         b = tf.shape(scores)[0]
         flat_mask = tf.repeat(tf.cast(mask, tf.bool), self.heads, axis=0)
         idx, valid = masked_top_k(tf.reshape(scores, [b * self.heads, -1]), flat_mask, k)
@@ -178,7 +234,7 @@ class MultiHeadTargetAttention(keras.layers.Layer):
         return tf.matmul(out, self.wo) + self.bo
 
     def get_config(self):
-        return {**super().get_config(), "heads": self.heads, "top_k": self.top_k}
+        return {**super().get_config(), "heads": self.heads, "top_k": self.top_k, "pq": self.pq}
 
 
 @keras.utils.register_keras_serializable(package="tfrec_zoo")

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .._tf import keras, tf
 from ..features.spec import FeatureSpec, MultiHotFeature, TextFeature, VectorFeature
 from ..inputs import FeatureEmbeddings, build_inputs
@@ -54,6 +56,10 @@ class LifelongConfig:
     modality_projection: bool = True    # fine-tuning's per-modality D x D projections G (identity init)
     dnn_units: tuple = (128, 64)
     dropout: float = 0.0
+    # approximate GSU for serving (seminar / twin): > 0 scores steps by product-quantisation codes with this many
+    # sub-spaces x pq_codewords. The codebooks and codes come from a trained model: `with_pq_gsu(model, ...)`
+    pq_subspaces: int = 0
+    pq_codewords: int = 256
     # PSU pretraining (model `seminar_psu`): loss = next * BCE + align * L_align + relevance * L_qi
     next_weight: float = 1.0
     align_weight: float = 0.1           # the Amazon script's loss_multimodal_align_weight
@@ -173,7 +179,20 @@ def lifelong_network(spec: FeatureSpec, artifacts, cfg: LifelongConfig):
             args.append(GSUScores("qin", first_k=cfg.qin_first_k, name="gsu_scores")([q_t, q_s, item_t, item_s,
                                                                                         mask]))
         top_k = 0 if cfg.gsu == "exact" else cfg.top_k
-        esu = MultiHeadTargetAttention(cfg.heads, top_k, name="esu")(args)
+        pq = None
+        if cfg.pq_subspaces:
+            if cfg.gsu not in ("seminar", "twin"):
+                raise ValueError(f"pq_subspaces: the PQ GSU approximates the per-head scores of seminar / twin, "
+                                 f"not gsu={cfg.gsu!r}")
+            if cfg.dim % cfg.pq_subspaces:
+                raise ValueError(f"pq_subspaces={cfg.pq_subspaces} must divide dim={cfg.dim}")
+            m = 2 if cfg.use_query else 1
+            pq = {"codebook_shape": [m, cfg.pq_subspaces, cfg.pq_codewords, cfg.dim // cfg.pq_subspaces],
+                  "item_rows": artifacts.vocab_size(spec, spec.table_of(parts.target)),
+                  "query_rows": artifacts.vocab_size(spec, spec.table_of(parts.query)) if cfg.use_query else 0,
+                  "alpha": cfg.alpha if cfg.use_query else 0.0}
+            args += [step_rows] + ([q_rows_s, q_present_s] if cfg.use_query else [])
+        esu = MultiHeadTargetAttention(cfg.heads, top_k, pq=pq, name="esu")(args)
     hidden = mlp(concat([esu, t], "tower_concat"), cfg.dnn_units, dropout=cfg.dropout, name="dnn")
     outputs = {lab.task: head(lab, hidden) for lab in spec.labels}
     return inputs, outputs, aux
@@ -207,3 +226,39 @@ for _name, _cls, _doc in _DOCS.values():
 
 # the models that need a lifelong spec (keys.item + keys.query, a history sharing both tables)
 LIFELONG_MODELS = (*_DOCS, "seminar_psu")
+
+
+def fused_tables(model, name: str) -> np.ndarray:
+    """[V, D] fused vectors of every row of a trained model's ModalityTables layer ("item_modalities" /
+    "query_modalities"): exactly what the model gathers for an id."""
+    layer = model.get_layer(name)
+    w = layer.gate_weights().numpy()
+    return sum(w[m] * t.numpy() for m, t in enumerate(layer.tables())).astype(np.float32)
+
+
+def with_pq_gsu(model, spec: FeatureSpec, artifacts, model_name: str, params: dict, *, subspaces: int = 16,
+                codewords: int = 256, seed: int = 0):
+    """The trained seminar / twin `model` (built as `model_name` from `params`) with its GSU replaced by the
+    multi-modal PQ one: codebooks trained by k-means on the model's item (and query) tables, every id's codes
+    precomputed, every other weight copied by name. Returns (pq_model, {"codebooks", "item_codes", "query_codes"}).
+    """
+    from ..layers.quantization import pq_encode, train_pq_codebooks
+    from . import build_model, model_config
+
+    cfg = model_config(model_name, params)
+    items = fused_tables(model, "item_modalities")
+    books = [train_pq_codebooks(items, subspaces, codewords, seed=seed)]
+    codes = {"item_codes": pq_encode(items, books[0]), "query_codes": None}
+    if cfg.use_query:
+        queries = fused_tables(model, "query_modalities")
+        books.append(train_pq_codebooks(queries, subspaces, codewords, seed=seed + 1))
+        codes["query_codes"] = pq_encode(queries, books[1])
+    codebooks = np.stack(books)
+    pq_model = build_model(model_name, spec, artifacts,
+                           {**params, "pq_subspaces": subspaces, "pq_codewords": codewords})
+    source = {v.name: v for v in model.variables}
+    for v in pq_model.variables:
+        if v.name in source:
+            v.assign(source[v.name])
+    pq_model.get_layer("esu").set_pq(codebooks, codes["item_codes"], codes["query_codes"])
+    return pq_model, {"codebooks": codebooks, **codes}

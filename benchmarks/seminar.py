@@ -84,13 +84,14 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_card(text: str, command: str) -> None:
+def write_card(text: str, command: str, mark: str = MARK) -> None:
+    """Replace the block between the two `mark` lines of seeds/papers/seminar.md (append it when absent)."""
     card = ROOT / "seeds" / "papers" / "seminar.md"
     body = card.read_text()
-    block = f"{MARK}\n`{command}`\n\n{text}\n{MARK}"
-    if body.count(MARK) == 2:
-        head, _, rest = body.partition(MARK)
-        _, _, tail = rest.partition(MARK)
+    block = f"{mark}\n`{command}`\n\n{text}\n{mark}"
+    if body.count(mark) == 2:
+        head, _, rest = body.partition(mark)
+        _, _, tail = rest.partition(mark)
         body = head + block + tail
     else:
         body = body.rstrip() + "\n\n" + block + "\n"

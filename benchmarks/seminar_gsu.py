@@ -132,6 +132,7 @@ def main(argv=None) -> int:
     p.add_argument("--run", help="a trained seminar / twin run directory: first measure each GSU on the model "
                                  "(benchmarks/seminar_gsu_model.py), then time them on the model's item table")
     p.add_argument("--run-max-rows", type=int, help="test rows for the model-quality part (default: all)")
+    p.add_argument("--card", action="store_true", help="write the tables into seeds/papers/seminar.md")
     args = p.parse_args(argv)
     if args.quick:                                                      # smaller defaults; explicit flags still win
         p.set_defaults(users=50, lengths="1000,2000", items=20_000, train_sample=10_000)
@@ -144,11 +145,10 @@ def main(argv=None) -> int:
         k_model = tables["k"]
         print(f"\nGSU quality on {args.run} (test, 1 + 99 negatives, recommendation mode; recall@{k_model} of the "
               f"per-head top-{k_model} vs the exact one, histories longer than {k_model})\n")
-        print(f"| GSU | recall@{k_model} | HIT@10 | NDCG@10 | MRR |")
-        print("|---|---|---|---|---|")
-        for r in model_rows:
-            print(f"| {r['gsu']} | {r[f'recall@{k_model}']:.4f} | {r['hit@10']:.4f} | {r['ndcg@10']:.4f} | "
-                  f"{r['mrr']:.4f} |")
+        quality = [f"| GSU | recall@{k_model} | HIT@10 | NDCG@10 | MRR |", "|---|---|---|---|---|"]
+        quality += [f"| {r['gsu']} | {r[f'recall@{k_model}']:.4f} | {r['hit@10']:.4f} | {r['ndcg@10']:.4f} | "
+                    f"{r['mrr']:.4f} |" for r in model_rows]
+        print("\n".join(quality))
         # the latency part then runs on the model's own per-modality item table and gate weights
         path = Path(args.json).with_name("seminar_gsu_items.npy")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -295,12 +295,13 @@ def main(argv=None) -> int:
 
     print(f"\nB = {args.batch} queries per request, top-{k}, M = {m}, D = {dim}, {args.codewords} codewords; "
           f"recall vs exact; latency = one request, ids -> top-K indices\n")
-    print(f"| L | method | recall@{k} | p50 ms | p90 ms | bytes/user | build s (train + encode) |")
-    print("|---|---|---|---|---|---|---|")
+    latency = [f"| L | method | recall@{k} | p50 ms | p90 ms | bytes/user | build s (train + encode) |",
+               "|---|---|---|---|---|---|---|"]
     for r in rows:
         build = "-" if r["build_s"] is None else f"{r['build_s']:.3f} ({r['build_kind']})"
-        print(f"| {r['L']} | {r['method']} | {r[f'recall@{k}']:.3f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
-              f"{r['bytes_per_user']:,} | {build} |")
+        latency.append(f"| {r['L']} | {r['method']} | {r[f'recall@{k}']:.3f} | {r['p50_ms']:.2f} | "
+                       f"{r['p90_ms']:.2f} | {r['bytes_per_user']:,} | {build} |")
+    print("\n".join(latency))
     total = time.perf_counter() - t_start
     print(f"\ntotal {total:.0f} s")
     out = {"source": source, "weights": weights.tolist(), "items": n, "modalities": m, "dim": dim, "k": k,
@@ -312,6 +313,19 @@ def main(argv=None) -> int:
     Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.json}")
     plot(rows, k, Path(args.json).with_suffix(".png"))
+    if args.card:
+        from benchmarks.seminar import write_card
+
+        text = ""
+        if model_rows:
+            text += (f"Quality of each GSU inside the trained model ({args.run}; test, 1 + 99 negatives, "
+                     f"recommendation mode; recall@{k_model} of each head's top-{k_model} against the exact one, "
+                     f"histories longer than {k_model}):\n\n" + "\n".join(quality) + "\n\n")
+        text += (f"Search cost, {source}, B = {args.batch} candidates per request against one user's L history "
+                 f"items, top-{k}, {os.cpu_count()} CPUs (ids -> gather -> scores -> top-K indices; recall vs "
+                 f"exact):\n\n" + "\n".join(latency) + "\n")
+        write_card(text, "python benchmarks/seminar_gsu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                   "<!-- seminar-gsu -->")
     return 0
 
 

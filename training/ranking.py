@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfrec_zoo import metrics as M
+from tfrec_zoo.models.common import EVAL_NEGATIVES
 from tfrec_zoo._tf import keras, tf
 
 MODES = ("recommendation", "search")
@@ -25,12 +26,12 @@ def negatives_field(spec) -> tuple[str, str]:
     """(sequence name, id field) of the spec's `eval_negatives` sequence (its field shares the item's table)."""
     item = spec.keys.get("item")
     names = {f.name for f in spec.features}
-    if "eval_negatives" not in names or not item:
+    if EVAL_NEGATIVES not in names or not item:
         raise ValueError(f"{spec.source}: sampled evaluation needs `keys: {{item: ...}}` and an `eval_negatives` "
                          "sequence whose id field shares the item's table")
-    for sf in spec["eval_negatives"].fields:
+    for sf in spec[EVAL_NEGATIVES].fields:
         if sf.kind == "id" and spec.table_of(sf.name) == spec.table_of(item):
-            return "eval_negatives", sf.name
+            return EVAL_NEGATIVES, sf.name
     raise ValueError(f"{spec.source}: eval_negatives has no id field sharing {item!r}'s table")
 
 

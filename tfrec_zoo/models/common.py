@@ -140,13 +140,18 @@ def target_and_history(spec: FeatureSpec, target: str | None, history: str | Non
                      + "; add `shares_embedding_with: " + target + "` to the history's item field")
 
 
+EVAL_NEGATIVES = "eval_negatives"
+
+
 def pooled_sequences(spec: FeatureSpec, emb: FeatureEmbeddings, inputs: dict, exclude: Sequence[str] = ()) -> list:
     """Mean-pooled [B, D] of every id field of every sequence (how non-attention models see histories)."""
     from ..layers import MaskedPooling
 
     out = []
     for seq in spec.of_kind("sequence"):
-        if seq.name in exclude:
+        # `eval_negatives` holds the sampled candidates of the ranking protocol (training/ranking.py): empty in
+        # train, so never a model input
+        if seq.name in exclude or seq.name == EVAL_NEGATIVES:
             continue
         fields, mask = emb.sequence(seq.name, inputs)
         for sf in seq.fields:

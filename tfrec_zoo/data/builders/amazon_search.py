@@ -21,6 +21,8 @@ category) are not purchases and are dropped. User and item ids stay strings (rev
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import gzip
 from pathlib import Path
 
@@ -97,21 +99,38 @@ def _distinct_items(df: pd.DataFrame, banned: dict[str, set]) -> dict[str, list[
     return out
 
 
+@dataclass
+class HEMData:
+    queries: list[str]
+    train: pd.DataFrame
+    test: pd.DataFrame
+    universe: np.ndarray            # every item of the category (object array), also for a `max_users` subset
+    dropped: tuple[int, int]        # label-0 lines dropped from train / test qrels
+
+
+def read_hem(raw: Path, max_users: int | None = None) -> HEMData:
+    """One HEM category folder: query strings, train / test qrels (`max_users`: the first N users by reviewerID,
+    sorted as strings) and the item universe of the whole category, so a subset samples from the same items."""
+    queries = read_queries(raw / "query_text.txt.gz")
+    train, dropped_train = read_qrels(raw / "train.qrels.gz", len(queries))
+    test, dropped_test = read_qrels(raw / "test.qrels.gz", len(queries))
+    universe = np.unique(np.r_[train["item_id"].to_numpy(), test["item_id"].to_numpy()]).astype(object)
+    if max_users is not None:
+        keep = set(sorted(set(train["user_id"]) | set(test["user_id"]))[:max_users])
+        train = train[train["user_id"].isin(keep)].reset_index(drop=True)
+        test = test[test["user_id"].isin(keep)].reset_index(drop=True)
+    return HEMData(queries, train, test, universe, (dropped_train, dropped_test))
+
+
 @register("amazon-cellphones-search", "Amazon Cell Phones personalized product search (HEM): user-query-item "
           "triples, MiniLM query vectors, 99 sampled negatives for test")
 def build_amazon_cellphones_search(spec: FeatureSpec, raw_dir: Path | None, *, max_users: int | None = None,
                                    seed: int = SEED) -> Built:
     """`max_users` keeps the first N users by reviewerID (sorted as strings), for tests."""
     raw = raw_dir or shared_datasets_dir() / FOLDER / "Cell_Phones_and_Accessories"
-    queries = read_queries(raw / "query_text.txt.gz")
-    train_all, dropped_train = read_qrels(raw / "train.qrels.gz", len(queries))
-    test, dropped_test = read_qrels(raw / "test.qrels.gz", len(queries))
-    # the item universe of the whole category, so a `max_users` subset samples from the same items
-    universe = np.unique(np.r_[train_all["item_id"].to_numpy(), test["item_id"].to_numpy()]).astype(object)
-    if max_users is not None:
-        keep = set(sorted(set(train_all["user_id"]) | set(test["user_id"]))[:max_users])
-        train_all = train_all[train_all["user_id"].isin(keep)].reset_index(drop=True)
-        test = test[test["user_id"].isin(keep)].reset_index(drop=True)
+    hem = read_hem(raw, max_users)
+    queries, train_all, test, universe = hem.queries, hem.train, hem.test, hem.universe
+    dropped_train, dropped_test = hem.dropped
 
     # valid: the item of each user's last train triple (users with >= 3 distinct train items), all its triples
     by_user = train_all.groupby("user_id", sort=False)["item_id"]

@@ -51,17 +51,7 @@ def lifelong_rows(log: pd.DataFrame, *, item: str, hist_item: str, hist_query: s
     seen = SeenItems(user_idx, np.searchsorted(universe, items), len(starts), len(universe))
     rng_q = rng_for(seed, "negative queries")
 
-    rows: dict[str, list] = {"train": [], "valid": [], "test": []}
-    for u, (s, e) in enumerate(zip(starts, ends)):
-        n = e - s
-        n_train = n - 2 if n >= 3 else n
-        first = 1 if train_positions is None else max(1, n_train - train_positions)
-        positions = [(t, "train") for t in range(first, n_train)]
-        if n >= 3:
-            positions += [(n - 2, "valid"), (n - 1, "test")]
-        for t, split in positions:
-            lo = max(0, t - max_len)
-            rows[split].append((u, s + t, list(items[s + lo:s + t]), list(queries[s + lo:s + t])))
+    rows = _position_rows(starts, ends, items, queries, ("valid", "test"), max_len, train_positions)
     out = {}
     for split, rs in rows.items():
         u = np.array([r[0] for r in rs], np.int64)
@@ -81,6 +71,25 @@ def lifelong_rows(log: pd.DataFrame, *, item: str, hist_item: str, hist_query: s
             df[eval_neg] = list(universe[sample_unseen(seen, u, EVAL_NEGATIVES, rng_for(seed, split))])
         out[split] = df
     return out
+
+
+def _position_rows(starts, ends, items, queries, held: tuple[str, ...], max_len: int,
+                   train_positions: int | None) -> dict[str, list]:
+    """Per user (log rows starts[u]:ends[u]): the last len(held) pairs go to the `held` splits in order (users with
+    more pairs than that), the train positions t >= 1 before them (the last `train_positions`) to train. A row is
+    (user index, log position, history items, history queries): the `max_len` most recent pairs before it."""
+    rows: dict[str, list] = {"train": [], **{h: [] for h in held}}
+    for u, (s, e) in enumerate(zip(starts, ends)):
+        n = e - s
+        n_train = n - len(held) if n > len(held) else n
+        first = 1 if train_positions is None else max(1, n_train - train_positions)
+        positions = [(t, "train") for t in range(first, n_train)]
+        if n > len(held):
+            positions += [(n_train + i, split) for i, split in enumerate(held)]
+        for t, split in positions:
+            lo = max(0, t - max_len)
+            rows[split].append((u, s + t, list(items[s + lo:s + t]), list(queries[s + lo:s + t])))
+    return rows
 
 
 def _earlier_query(history_queries: list, own: str, rng: np.random.Generator) -> str:
@@ -104,10 +113,7 @@ def build_ml_lifelong(spec: FeatureSpec, raw_dir: Path | None, *, max_users: int
     from .movielens import movie_table, read_movielens, tag_queries
 
     raw = raw_dir or seeds_data_dir() / "ml-latest-small"
-    ratings, movies, tags = read_movielens(raw)
-    if max_users is not None:
-        ratings = ratings[ratings["userId"].isin(sorted(ratings["userId"].unique())[:max_users])]
-        ratings = ratings.reset_index(drop=True)
+    ratings, movies, tags = read_movielens(raw, max_users)
     ratings = ratings.assign(tag_query=tag_queries(ratings, tags).to_numpy())
     table = movie_table(movies)
     genre_phrase = dict(zip(table["movie_id"], [" ".join(g) for g in table["genres"]]))
@@ -196,17 +202,7 @@ def lifelong_rows_given_test(log: pd.DataFrame, test: pd.DataFrame, *, item: str
     seen = SeenItems(user_idx, at_item, len(starts), len(universe))
     rng_q = rng_for(seed, "negative queries")
 
-    rows: dict[str, list] = {"train": [], "valid": []}
-    for u, (s, e) in enumerate(zip(starts, ends)):
-        n = e - s
-        n_train = n - 1 if n >= 2 else n
-        first = 1 if train_positions is None else max(1, n_train - train_positions)
-        positions = [(t, "train") for t in range(first, n_train)]
-        if n >= 2:
-            positions.append((n - 1, "valid"))
-        for t, split in positions:
-            lo = max(0, t - max_len)
-            rows[split].append((u, s + t, list(items[s + lo:s + t]), list(queries[s + lo:s + t])))
+    rows = _position_rows(starts, ends, items, queries, ("valid",), max_len, train_positions)
 
     def frame(rs: list) -> tuple[np.ndarray, pd.DataFrame]:
         u = np.array([r[0] for r in rs], np.int64)
@@ -261,17 +257,12 @@ def build_cellphones_lifelong(spec: FeatureSpec, raw_dir: Path | None, *, max_us
     query_text file, so they keep their MiniLM text vector). The folder has no item metadata: items are ids only.
     `max_users` keeps the first N users by reviewerID (sorted as strings); negatives are still drawn from every
     item of the category."""
-    from .amazon_search import FOLDER, read_qrels, read_queries
+    from .amazon_search import FOLDER, read_hem
 
     raw = raw_dir or shared_datasets_dir() / FOLDER / "Cell_Phones_and_Accessories"
-    queries = read_queries(raw / "query_text.txt.gz")
-    train, dropped_train = read_qrels(raw / "train.qrels.gz", len(queries))
-    test, dropped_test = read_qrels(raw / "test.qrels.gz", len(queries))
-    universe = np.unique(np.r_[train["item_id"].to_numpy(), test["item_id"].to_numpy()]).astype(object)
-    if max_users is not None:
-        keep = set(sorted(set(train["user_id"]) | set(test["user_id"]))[:max_users])
-        train = train[train["user_id"].isin(keep)].reset_index(drop=True)
-        test = test[test["user_id"].isin(keep)].reset_index(drop=True)
+    hem = read_hem(raw, max_users)
+    queries, train, test, universe = hem.queries, hem.train, hem.test, hem.universe
+    dropped_train, dropped_test = hem.dropped
     # each user's pairs contiguous, in file order (users in order of first appearance)
     train = train.assign(_u=pd.factorize(train["user_id"])[0]).sort_values("_u", kind="stable")
     log = pd.DataFrame({"user_id": train["user_id"].to_numpy(), "item_id": train["item_id"].to_numpy(),

@@ -23,13 +23,17 @@ from . import Built, register
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
 
 
-def read_movielens(raw: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def read_movielens(raw: Path, max_users: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(ratings, movies, tags); `max_users` keeps the ratings of the first N users by id (a quick subset)."""
     missing = [f for f in ("ratings.csv", "movies.csv", "tags.csv") if not (raw / f).exists()]
     if missing:
         raise FileNotFoundError(f"{raw}: missing {', '.join(missing)}; expected the MovieLens latest-small files")
     ratings = pd.read_csv(raw / "ratings.csv")
     movies = pd.read_csv(raw / "movies.csv")
     tags = pd.read_csv(raw / "tags.csv")
+    if max_users is not None:
+        ratings = ratings[ratings["userId"].isin(sorted(ratings["userId"].unique())[:max_users])]
+        ratings = ratings.reset_index(drop=True)
     return ratings, movies, tags
 
 
@@ -58,10 +62,7 @@ def tag_queries(ratings: pd.DataFrame, tags: pd.DataFrame) -> pd.Series:
 def build_ml_latest_small(spec: FeatureSpec, raw_dir: Path | None, *, max_users: int | None = None) -> Built:
     """`max_users` keeps the first N users by id (a quick deterministic subset)."""
     raw = raw_dir or seeds_data_dir() / "ml-latest-small"
-    ratings, movies, tags = read_movielens(raw)
-    if max_users is not None:
-        ratings = ratings[ratings["userId"].isin(sorted(ratings["userId"].unique())[:max_users])]
-        ratings = ratings.reset_index(drop=True)
+    ratings, movies, tags = read_movielens(raw, max_users)
     ratings = ratings.assign(query=tag_queries(ratings, tags).to_numpy())
     log = ratings.rename(columns={"userId": "user_id", "movieId": "movie_id"}).merge(
         movie_table(movies), on="movie_id", how="left", validate="many_to_one")

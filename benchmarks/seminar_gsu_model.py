@@ -8,8 +8,8 @@ GSUs (all select K of the valid history steps per head, for the query q'_h = W_K
   PQ C=c       the in-graph multi-modal PQ GSU (`with_pq_gsu`: k-means codebooks on the model's item and query
                tables, c sub-spaces x 256 codewords, ADC per request): what the export serves
   SimHash b    top-K by equal bits of b-bit SimHash signatures of q'_h and x_l (ETA's search, random hyperplanes)
-  ScaNN        one searcher per test history over its valid x_l (tree sqrt(n) leaves, search half, AH 2-dim
-               blocks, reorder 4K), queried with q'_h
+  ScaNN        one searcher per test history over its valid x_l (AH 2-dim blocks + exact reorder of 4K; a tree
+               of sqrt(n) leaves searched half-way only over 2,000 steps), queried with q'_h
 Recall@K counts only histories longer than K (shorter ones are selected whole by every GSU).
 """
 from __future__ import annotations
@@ -72,6 +72,22 @@ def _scann(group: int, searcher_fn, stats: dict):
     return select
 
 
+def _history_searcher(db: np.ndarray, k: int):
+    """ScaNN over one history's steps: asymmetric hashing over every step + exact reorder of the best 4K; a tree
+    only for histories over 2,000 steps. (A tree over a few hundred steps, searched half-way, loses a third of the
+    exact top-K for the model's head queries, which are not aligned with the steps' clusters.)"""
+    import scann
+
+    from benchmarks.seminar_gsu import quiet_stderr
+
+    with quiet_stderr(True):
+        b = scann.scann_ops_pybind.builder(db, k, "dot_product")
+        if len(db) > 2000:
+            leaves = int(np.sqrt(len(db)))
+            b = b.tree(num_leaves=leaves, num_leaves_to_search=leaves // 2, training_sample_size=len(db))
+        return b.score_ah(2, anisotropic_quantization_threshold=0.2).reorder(4 * k).build()
+
+
 def _recall(sel, ref, lengths, k) -> float:
     (ia, va), (ie, ve) = sel, ref
     out = []
@@ -85,7 +101,6 @@ def _recall(sel, ref, lengths, k) -> float:
 def model_gsu_quality(run_dir: str | Path, *, subspaces=(8, 16, 32), simhash_bits=(16, 64), scann: bool = True,
                       max_rows: int | None = None, recall_users: int = 8, log=print) -> tuple[list[dict], dict]:
     """(rows of the quality table, {"items": fused item table [V, D], "weights": gate}) for the run's model."""
-    from benchmarks.seminar_gsu import scann_searcher
     from tfrec_zoo.models.seminar import fused_tables, with_pq_gsu
     from training.ranking import evaluate_sampled
     from training.trainer import load_run
@@ -138,7 +153,7 @@ def model_gsu_quality(run_dir: str | Path, *, subspaces=(8, 16, 32), simhash_bit
         record(f"SimHash {bits} bits", sel_fn=_simhash(bits, int(q.shape[-1])))
     if scann:
         stats: dict = {}
-        fn = _scann(1 + n_neg, lambda db, kk: scann_searcher(db, kk, 0.5, 4 * kk), stats)
+        fn = _scann(1 + n_neg, lambda db, kk: _history_searcher(db, kk), stats)
         record("ScaNN (per history)", sel_fn=fn, extra=stats)
     layer = model.get_layer("item_modalities")
     return rows, {"items": fused_tables(model, "item_modalities"),

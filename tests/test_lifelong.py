@@ -347,3 +347,18 @@ def test_served_seminar_answers_the_stock_grpc_client(seminar_run, tmp_path):
         req.inputs["examples"].CopyFrom(tf.make_tensor_proto(records, dtype=tf.string, shape=[len(records)]))
         resp = stub.Predict(req, timeout=60)
     np.testing.assert_allclose(tf.make_ndarray(resp.outputs["click"]), expected["click"], atol=1e-5)
+
+
+@pytest.mark.parametrize("weights, zero", [({"align_weight": 0.0}, "loss_align"),
+                                           ({"relevance_weight": 0.0}, "loss_relevance")])
+def test_psu_objectives_switch_off(ml40, weights, zero):
+    from tfrec_zoo.models.common import task_losses
+
+    tf.keras.utils.set_random_seed(0)
+    psu = build_model("seminar_psu", ml40.spec, ml40.artifacts, {"dim": 8, "heads": 1, "top_k": 4, "aux_steps": 32,
+                                                                 **weights})
+    psu.compile(keras.optimizers.Adam(1e-3), task_losses(ml40.spec)[0])
+    h = psu.fit(ml40.dataset("train", 64, features=list(psu.input_names)).take(2), epochs=1, verbose=0).history
+    assert h[zero][0] == 0.0
+    other = {"loss_align", "loss_relevance"} - {zero}
+    assert all(h[o][0] > 0 for o in other)       # the other contrastive objective is computed (InfoNCE > 0)

@@ -318,12 +318,14 @@ def main(argv=None) -> int:
 
         text = ""
         if model_rows:
-            text += (f"Quality of each GSU inside the trained model ({args.run}; test, 1 + 99 negatives, "
+            rows_note = f"the first {args.run_max_rows} test rows" if args.run_max_rows else "test"
+            text += (f"Quality of each GSU inside the trained model ({args.run}; {rows_note}, 1 + 99 negatives, "
                      f"recommendation mode; recall@{k_model} of each head's top-{k_model} against the exact one, "
                      f"histories longer than {k_model}):\n\n" + "\n".join(quality) + "\n\n")
         text += (f"Search cost, {source}, B = {args.batch} candidates per request against one user's L history "
                  f"items, top-{k}, {os.cpu_count()} CPUs (ids -> gather -> scores -> top-K indices; recall vs "
                  f"exact):\n\n" + "\n".join(latency) + "\n")
+        text = text.replace(str(ROOT) + "/", "")
         write_card(text, "python benchmarks/seminar_gsu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                    "<!-- seminar-gsu -->")
     return 0

@@ -79,7 +79,9 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["ranking", "retrieval", "all"], default="all")
+    ap.add_argument("--part", choices=["ranking", "retrieval", "all", "seminar"], default="all")
+    ap.add_argument("--seminar-run", help="--part seminar: a trained seminar run directory; its exact-GSU and "
+                                          "PQ-GSU exports answer the same rank requests side by side")
     ap.add_argument("retrieval_args", nargs="*", help="after --: options of benchmarks/serving_retrieval.py")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--candidates", type=int, default=200)
@@ -87,6 +89,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", default="benchmarks/out/serving.json")
     args = ap.parse_args()
+    if args.part == "seminar":
+        return seminar_rank(args)
     rc = ranking(args) if args.part in ("ranking", "all") else 0
     if args.part in ("retrieval", "all"):
         sys.path.insert(0, str(Path(__file__).parent))
@@ -146,6 +150,61 @@ def ranking(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"candidates": args.candidates, "history": len(hist_len), "latency": table},
                               indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def seminar_rank(args) -> int:
+    """In-process `rank` latency of one seminar run exported twice (exact GSU, PQ GSU): 1 user (the test row with
+    the longest history) x `--candidates` movie ids, alternating rounds."""
+    from training.exporting import export_run
+    from training.trainer import load_run
+
+    if not args.seminar_run:
+        raise SystemExit("--part seminar needs --seminar-run RUN_DIR (a trained seminar run)")
+    exp, data, _ = load_run(args.seminar_run, log=lambda *a: None)
+    base = Path(tempfile.mkdtemp(prefix="tfrec_seminar_serving_"))
+    versions = {gsu: export_run(args.seminar_run, f"seminar_{gsu}", base, warmup=4, parity_rows=32, gsu=gsu,
+                                log=lambda *a: None) for gsu in ("exact", "pq")}
+    item = data.spec.keys["item"]
+    records = [r.numpy() for r in tf.data.TFRecordDataset([str(f) for f in data.files("test")],
+                                                          data.manifest.get("compression", "GZIP"))]
+    examples = [tf.train.Example.FromString(r) for r in records]
+    longest = max(examples, key=lambda e: len(e.features.feature["hist_movie_id"].int64_list.value))
+    hist = len(longest.features.feature["hist_movie_id"].int64_list.value)
+    ids = [i for e in examples for i in e.features.feature["eval_neg_movie_id"].int64_list.value][:args.candidates]
+    context = tf.train.Example()
+    context.CopyFrom(longest)
+    for key in (item, "eval_neg_movie_id", "click"):
+        del context.features.feature[key]
+    candidates = []
+    for i in ids:
+        c = tf.train.Example()
+        c.features.feature[item].int64_list.value.append(i)
+        candidates.append(c.SerializeToString())
+    ctx_t, cand_t = tf.constant(context.SerializeToString()), tf.constant(candidates)
+    calls = {gsu: (lambda f: lambda: f(context=ctx_t, candidates=cand_t))(
+        tf.saved_model.load(str(v)).signatures["rank"]) for gsu, v in versions.items()}
+    results = {g: [] for g in calls}
+    for call in calls.values():
+        for _ in range(10):
+            call()
+    for r in range(args.rounds):
+        for g in (list(calls) if r % 2 == 0 else list(reversed(calls))):
+            for _ in range(args.requests // args.rounds):
+                t0 = time.perf_counter()
+                calls[g]()
+                results[g].append(time.perf_counter() - t0)
+    table = {g: percentiles(v) for g, v in results.items()}
+    print(f"\nseminar rank request ({args.seminar_run}): 1 user, {len(ids)} candidates, history {hist}; "
+          f"{args.requests} requests each, {args.rounds} alternating rounds, {os.cpu_count()} cores, in-process")
+    print("| GSU | p50 ms | p99 ms | mean ms |\n|---|---|---|---|")
+    for g, st in table.items():
+        print(f"| {g} | {st['p50_ms']:.1f} | {st['p99_ms']:.1f} | {st['mean_ms']:.1f} |")
+    out = Path(args.json).with_name("serving_seminar.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"run": args.seminar_run, "candidates": len(ids), "history": hist,
+                               "latency": table}, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
 

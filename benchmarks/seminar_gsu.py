@@ -92,16 +92,18 @@ def quiet_stderr(enabled: bool = True):
         os.close(null)
 
 
-def scann_searcher(db: np.ndarray, k: int, frac: float, reorder: int, quiet: bool = True):
-    """ScaNN searcher over one user's fused history [L, D]: tree of sqrt(L) leaves (search frac of them),
-    asymmetric hashing (2-dim blocks, anisotropic threshold 0.2), exact reorder of the best `reorder`."""
+def scann_searcher(db: np.ndarray, k: int, frac: float, reorder: int, quiet: bool = True, tree: bool = True):
+    """ScaNN searcher over one user's fused history [L, D]: tree of sqrt(L) leaves (search frac of them; `tree`
+    False scans every step), asymmetric hashing (2-dim blocks, anisotropic threshold 0.2), exact reorder of the
+    best `reorder`."""
     import scann
     leaves = max(8, int(np.sqrt(len(db))))
     with quiet_stderr(quiet):
-        return (scann.scann_ops_pybind.builder(db, k, "dot_product")
-                .tree(num_leaves=leaves, num_leaves_to_search=max(2, int(round(leaves * frac))),
-                      training_sample_size=len(db))
-                .score_ah(2, anisotropic_quantization_threshold=0.2).reorder(reorder).build())
+        b = scann.scann_ops_pybind.builder(db, k, "dot_product")
+        if tree:
+            b = b.tree(num_leaves=leaves, num_leaves_to_search=max(2, int(round(leaves * frac))),
+                       training_sample_size=len(db))
+        return b.score_ah(2, anisotropic_quantization_threshold=0.2).reorder(reorder).build()
 
 
 def main(argv=None) -> int:

@@ -22,26 +22,18 @@ import numpy as np
 from tfrec_zoo._tf import keras, tf
 
 
-def _exact(q, bias, steps, mask, k):
-    from tfrec_zoo.layers.lifelong import masked_top_k
-
-    scores = tf.einsum("bhd,bld->bhl", q, steps)
-    b, h = tf.shape(scores)[0], tf.shape(scores)[1]
-    idx, valid = masked_top_k(tf.reshape(scores, [b * h, -1]), tf.repeat(mask, h, axis=0), k)
-    return tf.reshape(idx, [b, h, -1]), tf.reshape(valid, [b, h, -1])
-
-
 def _simhash(bits: int, dim: int, seed: int = 0):
-    planes = tf.constant(np.random.default_rng(seed).standard_normal((dim, bits)).astype(np.float32))
+    """ETA's selection for the model's head queries: top-K by equal SimHash bits of q'_h and x_l."""
+    from tfrec_zoo.layers.lifelong import masked_top_k
+    from tfrec_zoo.layers.quantization import hamming_matches, simhash_codes, simhash_planes
+
+    planes = tf.constant(simhash_planes(dim, bits, seed))
 
     def select(q, bias, steps, mask, k):
-        from tfrec_zoo.layers.lifelong import masked_top_k
-
-        qb = tf.einsum("bhd,dk->bhk", q, planes) > 0
-        sb = tf.einsum("bld,dk->blk", steps, planes) > 0
-        matches = tf.einsum("bhk,blk->bhl", tf.cast(qb, tf.float32) * 2 - 1, tf.cast(sb, tf.float32) * 2 - 1)
-        b, h = tf.shape(matches)[0], tf.shape(matches)[1]
-        idx, valid = masked_top_k(tf.reshape(matches, [b * h, -1]), tf.repeat(mask, h, axis=0), k)
+        b, h = tf.shape(q)[0], q.shape[1]
+        matches = hamming_matches(simhash_codes(tf.reshape(q, [-1, dim]), planes),
+                                  tf.repeat(simhash_codes(steps, planes), h, axis=0))          # [B*H, L]
+        idx, valid = masked_top_k(matches, tf.repeat(mask, h, axis=0), k)
         return tf.reshape(idx, [b, h, -1]), tf.reshape(valid, [b, h, -1])
     return select
 
@@ -72,22 +64,6 @@ def _scann(group: int, searcher_fn, stats: dict):
     return select
 
 
-def _history_searcher(db: np.ndarray, k: int):
-    """ScaNN over one history's steps: asymmetric hashing over every step + exact reorder of the best 4K; a tree
-    only for histories over 2,000 steps. (A tree over a few hundred steps, searched half-way, loses a third of the
-    exact top-K for the model's head queries, which are not aligned with the steps' clusters.)"""
-    import scann
-
-    from benchmarks.seminar_gsu import quiet_stderr
-
-    with quiet_stderr(True):
-        b = scann.scann_ops_pybind.builder(db, k, "dot_product")
-        if len(db) > 2000:
-            leaves = int(np.sqrt(len(db)))
-            b = b.tree(num_leaves=leaves, num_leaves_to_search=leaves // 2, training_sample_size=len(db))
-        return b.score_ah(2, anisotropic_quantization_threshold=0.2).reorder(4 * k).build()
-
-
 def _recall(sel, ref, lengths, k) -> float:
     (ia, va), (ie, ve) = sel, ref
     out = []
@@ -101,8 +77,9 @@ def _recall(sel, ref, lengths, k) -> float:
 def model_gsu_quality(run_dir: str | Path, *, subspaces=(8, 16, 32), simhash_bits=(16, 64), scann: bool = True,
                       max_rows: int | None = None, recall_users: int = 8, log=print) -> tuple[list[dict], dict]:
     """(rows of the quality table, {"items": fused item table [V, D], "weights": gate}) for the run's model."""
+    from benchmarks.seminar_gsu import scann_searcher
     from tfrec_zoo.models.seminar import fused_tables, with_pq_gsu
-    from training.ranking import evaluate_sampled
+    from training.ranking import evaluate_sampled, query_columns
     from training.trainer import load_run
 
     exp, data, model = load_run(run_dir, log=lambda *a: None)
@@ -113,14 +90,13 @@ def model_gsu_quality(run_dir: str | Path, *, subspaces=(8, 16, 32), simhash_bit
     probe = keras.Model(model.inputs, esu.input)
     feats = next(iter(data.dataset("test", recall_users, features=list(model.input_names))))[0]
     x = {n: tf.repeat(feats[n], 1 + n_neg, axis=0) for n in model.input_names}
-    for qcol in ("query", "hist_query"):
-        if qcol in x:
-            x[qcol] = tf.fill(tf.shape(x[qcol]), "")
+    for qcol in query_columns(data.spec, model.input_names):       # recommendation mode: queries emptied
+        x[qcol] = tf.fill(tf.shape(x[qcol]), "")
     ins = probe(x)
     t, steps, mask = ins[0], ins[1], ins[2]
     lengths = tf.reduce_sum(tf.cast(mask, tf.int32), 1).numpy()
     q, bias = esu.query_in_step_space(t)
-    ref = tuple(a.numpy() for a in _exact(q, bias, steps, mask, k))
+    ref = tuple(a.numpy() for a in esu.selected([t, steps, mask]))
     rows = []
 
     def record(name, sel_fn=None, scorer=None, seconds=0.0, extra=None):
@@ -153,7 +129,10 @@ def model_gsu_quality(run_dir: str | Path, *, subspaces=(8, 16, 32), simhash_bit
         record(f"SimHash {bits} bits", sel_fn=_simhash(bits, int(q.shape[-1])))
     if scann:
         stats: dict = {}
-        fn = _scann(1 + n_neg, lambda db, kk: _history_searcher(db, kk), stats)
+        # AH + exact reorder of 4K over every step; a tree only over 2,000 steps (a tree over a few hundred steps,
+        # searched half-way, lost a third of the exact top-K for the head queries, which do not follow the steps'
+        # clusters)
+        fn = _scann(1 + n_neg, lambda db, kk: scann_searcher(db, kk, 0.5, 4 * kk, tree=len(db) > 2000), stats)
         record("ScaNN (per history)", sel_fn=fn, extra=stats)
     layer = model.get_layer("item_modalities")
     return rows, {"items": fused_tables(model, "item_modalities"),

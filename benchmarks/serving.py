@@ -71,6 +71,33 @@ def make_request(spec, frames, n_candidates: int) -> tuple[bytes, list[bytes]]:
     return ctx.SerializeToString(), out
 
 
+def measure(calls: dict, requests: int, rounds: int, warmup: int = 10) -> dict[str, list[float]]:
+    """Seconds per call of each named zero-argument call: warm-up, then `rounds` rounds of requests // rounds
+    calls each, alternating the order every round (side by side, so machine noise hits all paths alike)."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    results: dict[str, list[float]] = {name: [] for name in calls}
+    for r in range(rounds):
+        for name in (list(calls) if r % 2 == 0 else list(reversed(calls))):
+            for _ in range(requests // rounds):
+                t0 = time.perf_counter()
+                calls[name]()
+                results[name].append(time.perf_counter() - t0)
+    return results
+
+
+def report(title: str, column: str, results: dict[str, list[float]], out: Path, facts: dict) -> None:
+    """Print the latency table of `measure`'s results and write it with `facts` to `out` (JSON)."""
+    table = {name: percentiles(v) for name, v in results.items()}
+    print(f"\n{title}\n| {column} | p50 ms | p99 ms | mean ms |\n|---|---|---|---|")
+    for name, st in table.items():
+        print(f"| {name} | {st['p50_ms']:.1f} | {st['p99_ms']:.1f} | {st['mean_ms']:.1f} |")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**facts, "latency": table}, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
 def percentiles(samples: list[float]) -> dict[str, float]:
     ms = np.asarray(samples) * 1000
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
@@ -125,32 +152,13 @@ def ranking(args) -> int:
     except ImportError as e:
         print(f"note: no server measured ({e})", file=sys.stderr)
     try:
-        results = {name: [] for name in clients}
-        for name, call in clients.items():
-            for _ in range(10):  # warm-up
-                call()
-        for r in range(args.rounds):
-            order = list(clients) if r % 2 == 0 else list(reversed(clients))
-            for name in order:
-                for _ in range(args.requests // args.rounds):
-                    t0 = time.perf_counter()
-                    call = clients[name]
-                    call()
-                    results[name].append(time.perf_counter() - t0)
+        results = measure(clients, args.requests, args.rounds)
     finally:
         if server is not None:
             server.stop()
-    table = {name: percentiles(v) for name, v in results.items()}
-    print(f"\nDIN rank request: 1 user, {args.candidates} candidates, history {len(hist_len)}; "
-          f"{args.requests} requests each, {args.rounds} alternating rounds, {os.cpu_count()} cores")
-    print("| path | p50 ms | p99 ms | mean ms |\n|---|---|---|---|")
-    for name, s in table.items():
-        print(f"| {name} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {s['mean_ms']:.1f} |")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"candidates": args.candidates, "history": len(hist_len), "latency": table},
-                              indent=1) + "\n")
-    print(f"wrote {out}")
+    report(f"DIN rank request: 1 user, {args.candidates} candidates, history {len(hist_len)}; {args.requests} "
+           f"requests each, {args.rounds} alternating rounds, {os.cpu_count()} cores", "path", results,
+           Path(args.json), {"candidates": args.candidates, "history": len(hist_len)})
     return 0
 
 
@@ -185,27 +193,11 @@ def seminar_rank(args) -> int:
     ctx_t, cand_t = tf.constant(context.SerializeToString()), tf.constant(candidates)
     calls = {gsu: (lambda f: lambda: f(context=ctx_t, candidates=cand_t))(
         tf.saved_model.load(str(v)).signatures["rank"]) for gsu, v in versions.items()}
-    results = {g: [] for g in calls}
-    for call in calls.values():
-        for _ in range(10):
-            call()
-    for r in range(args.rounds):
-        for g in (list(calls) if r % 2 == 0 else list(reversed(calls))):
-            for _ in range(args.requests // args.rounds):
-                t0 = time.perf_counter()
-                calls[g]()
-                results[g].append(time.perf_counter() - t0)
-    table = {g: percentiles(v) for g, v in results.items()}
-    print(f"\nseminar rank request ({args.seminar_run}): 1 user, {len(ids)} candidates, history {hist}; "
-          f"{args.requests} requests each, {args.rounds} alternating rounds, {os.cpu_count()} cores, in-process")
-    print("| GSU | p50 ms | p99 ms | mean ms |\n|---|---|---|---|")
-    for g, st in table.items():
-        print(f"| {g} | {st['p50_ms']:.1f} | {st['p99_ms']:.1f} | {st['mean_ms']:.1f} |")
-    out = Path(args.json).with_name("serving_seminar.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"run": args.seminar_run, "candidates": len(ids), "history": hist,
-                               "latency": table}, indent=1) + "\n")
-    print(f"wrote {out}")
+    results = measure(calls, args.requests, args.rounds)
+    report(f"seminar rank request ({args.seminar_run}): 1 user, {len(ids)} candidates, history {hist}; "
+           f"{args.requests} requests each, {args.rounds} alternating rounds, {os.cpu_count()} cores, in-process",
+           "GSU", results, Path(args.json).with_name("serving_seminar.json"),
+           {"run": args.seminar_run, "candidates": len(ids), "history": hist})
     return 0
 
 

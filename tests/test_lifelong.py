@@ -228,10 +228,16 @@ def test_every_lifelong_model_trains_and_ranks(ml40, name):
 def test_recommendation_mode_empties_queries(ml40):
     from training.ranking import evaluate_sampled
 
-    model = build_model("twin", ml40.spec, ml40.artifacts, {"dim": 8, "heads": 1, "top_k": 4, "use_query": False})
-    r = evaluate_sampled(model, ml40, "test", max_rows=8)
-    # a model that ignores queries scores both modes identically
+    tf.keras.utils.set_random_seed(0)
+    blind = build_model("twin", ml40.spec, ml40.artifacts, {"dim": 8, "heads": 1, "top_k": 4, "use_query": False})
+    r = evaluate_sampled(blind, ml40, "test", max_rows=8)
+    # a model that ignores queries scores both modes identically ...
     assert r["recommendation"]["mrr"] == pytest.approx(r["search"]["mrr"])
+    assert r["recommendation"]["auc"] == pytest.approx(r["search"]["auc"])
+    # ... one that reads them does not: the modes feed it different queries
+    reader = build_model("seminar", ml40.spec, ml40.artifacts, {"dim": 8, "heads": 1, "top_k": 4})
+    r = evaluate_sampled(reader, ml40, "test", max_rows=8)
+    assert r["recommendation"]["auc"] != pytest.approx(r["search"]["auc"], abs=1e-9)
 
 
 def test_pretrain_then_finetune_from_one_experiment(ml40, tmp_path):
@@ -362,3 +368,14 @@ def test_psu_objectives_switch_off(ml40, weights, zero):
     assert h[zero][0] == 0.0
     other = {"loss_align", "loss_relevance"} - {zero}
     assert all(h[o][0] > 0 for o in other)       # the other contrastive objective is computed (InfoNCE > 0)
+
+
+def test_params_the_dataset_rejects_leave_no_run_directory(ml40, tmp_path):
+    from training.experiment import parse_experiment
+    from training.trainer import train
+
+    exp = parse_experiment({"name": "x", "dataset": str(ml40.path), "model": "seminar",
+                            "params": {"modalities": ["nope"]}}, "bad.yaml")
+    with pytest.raises(ValueError, match=r"bad.yaml: params: .*modalities \['nope'\] are not side features"):
+        train(exp, tmp_path / "run", verbose=0, log=lambda *_: None)
+    assert not (tmp_path / "run").exists()

@@ -62,12 +62,11 @@ def export_run(run_dir: str | Path, name: str, base_dir: str | Path = "saved_mod
     exp, data, model = load_run(run_dir, log)
     if gsu not in ("auto", "exact", "pq"):
         raise ValueError(f"gsu must be auto, exact or pq, got {gsu!r}")
-    pq_models = ("seminar", "twin")
-    if gsu == "pq" and exp.model not in pq_models:
-        raise ValueError(f"{run_dir}: --gsu pq approximates the GSU of {'/'.join(pq_models)}, not {exp.model}")
-    if exp.model in pq_models and gsu in ("auto", "pq"):
-        from tfrec_zoo.models.seminar import with_pq_gsu
+    from tfrec_zoo.models.seminar import PQ_GSU_MODELS, with_pq_gsu
 
+    if gsu == "pq" and exp.model not in PQ_GSU_MODELS:
+        raise ValueError(f"{run_dir}: --gsu pq approximates the GSU of {'/'.join(PQ_GSU_MODELS)}, not {exp.model}")
+    if exp.model in PQ_GSU_MODELS and gsu in ("auto", "pq"):
         model, _ = with_pq_gsu(model, data.spec, data.artifacts, exp.model, exp.params, subspaces=pq_subspaces)
         log(f"GSU: multi-modal PQ, {pq_subspaces} sub-spaces x 256 codewords (codes of every item and query)")
     records = validation_records(data, max(warmup, parity_rows))

@@ -43,7 +43,7 @@ def has_sampled_protocol(spec) -> bool:
         return False
 
 
-def _query_columns(spec, model_inputs: Sequence[str]) -> list[str]:
+def query_columns(spec, model_inputs: Sequence[str]) -> list[str]:
     """The model's input columns in the query table (the target's query and the history's query field)."""
     query = spec.keys.get("query")
     if not query:
@@ -76,7 +76,7 @@ def evaluate_sampled(model, data, split: str = "test", *, modes: Sequence[str] =
         raise ValueError(f"sampled evaluation modes must be among {MODES}, got {bad}")
     scorer, kind = scoring_model(model, task)
     inputs = list(model.input_names)
-    queries = _query_columns(spec, inputs)
+    queries = query_columns(spec, inputs)
     n_neg = spec[seq].max_len
     longest = max([spec[f.name].max_len for f in spec.of_kind("sequence") if any(
         sf.name in inputs for sf in f.fields)] or [1])

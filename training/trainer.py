@@ -146,7 +146,33 @@ def train(exp: Experiment, run_dir: str | Path, *, strategy=None, verbose: int =
     run_dir = Path(run_dir)
     # the dataset first: a wrong `dataset:` fails before a run directory is created
     data = resolve_dataset(exp.dataset, log)
+    new_dir = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train(exp, run_dir, data, strategy=strategy, verbose=verbose, log=log, evaluate=evaluate,
+                      callbacks=callbacks)
+    except ModelBuildError as e:
+        # params the model rejects (checked against the dataset's spec when it is built): leave nothing behind
+        if new_dir:
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise e if str(e).startswith(str(exp.source)) else ModelBuildError(f"{exp.source}: params: {e}") from None
+
+
+class ModelBuildError(ValueError):
+    """The experiment's model cannot be built for its dataset (a wrong hyper-parameter for this spec)."""
+
+
+def _build(name: str, data: DatasetDir, params: dict, source: str):
+    try:
+        return build_model(name, data.spec, data.artifacts, params, source=source)
+    except ValueError as e:
+        raise ModelBuildError(str(e)) from None
+
+
+def _train(exp: Experiment, run_dir: Path, data: DatasetDir, *, strategy, verbose: int, log, evaluate: bool,
+           callbacks: list | None) -> RunResult:
     written = exp.to_dict()          # config.yaml keeps the experiment as given (with `pretrain:`)
     if exp.pretrain:
         exp = _pretrain_stage(exp, run_dir, strategy, verbose, log)
@@ -161,7 +187,7 @@ def train(exp: Experiment, run_dir: str | Path, *, strategy=None, verbose: int =
         config.write_text(yaml.safe_dump(written, sort_keys=False))
     tf.keras.utils.set_random_seed(exp.seed)
     with strategy.scope():
-        model = build_model(exp.model, data.spec, data.artifacts, exp.params, source=f"{exp.source}: params")
+        model = _build(exp.model, data, exp.params, f"{exp.source}: params")
         # restore and freeze before compiling, so the optimizer only sees what stays trainable
         report = _restore(exp, model, data, log)
         compile_model(exp, data, model)
@@ -343,7 +369,7 @@ def load_run(run_dir: str | Path, log=print) -> tuple[Experiment, DatasetDir, An
         raise FileNotFoundError(f"{run_dir}: no trained model (run_dir/model); train first")
     exp = parse_experiment(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
     data = resolve_dataset(exp.dataset, log)
-    if exp.model in _REBUILT_MODELS:
+    if exp.model in _rebuilt_models():
         # a reloaded SavedModel has the call graph but not the model's Python API (a two-tower's towers):
         # rebuild it from the config and read the saved variables into it
         model = build_model(exp.model, data.spec, data.artifacts, exp.params, source=f"{exp.source}: params")
@@ -353,7 +379,10 @@ def load_run(run_dir: str | Path, log=print) -> tuple[Experiment, DatasetDir, An
 
 
 # models whose Python API (beyond call) the platform uses after training: load_run rebuilds them
-_REBUILT_MODELS = {"two_tower", "seminar", "seminar_psu", "twin", "sim", "eta", "qin", "lifelong_din"}
+def _rebuilt_models() -> set[str]:
+    from tfrec_zoo.models.seminar import LIFELONG_MODELS
+
+    return {"two_tower", *LIFELONG_MODELS}
 
 
 def evaluate_run(run_dir: str | Path, log=print) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 from .._tf import keras, tf
+from .quantization import hamming_matches, simhash_codes, topk_indices
 
 _NEG = -1e9
 
@@ -29,12 +30,11 @@ def _recency(mask):
 
 
 def masked_top_k(scores, mask, k: int):
-    """(indices [B, k] int32, valid [B, k] bool): the k best valid steps (padding last, never ahead of a valid one)."""
+    """(indices [B, k] int32, valid [B, k] bool): the k best valid steps (padding last, never ahead of a valid one),
+    ties to the most recent; k is cut to the (static) sequence length."""
     mask = tf.cast(mask, tf.bool)
-    scores = tf.where(mask, scores + _recency(mask), _NEG)
     k = min(int(k), int(scores.shape[-1])) if scores.shape[-1] is not None else int(k)
-    _, idx = tf.math.top_k(scores, k=k)
-    return idx, tf.gather(mask, idx, batch_dims=1)
+    return topk_indices(scores + _recency(mask), mask, k)
 
 
 @keras.utils.register_keras_serializable(package="tfrec_zoo")
@@ -99,9 +99,7 @@ class GSUScores(keras.layers.Layer):
             return tf.einsum("bd,bld->bl", target, steps)
         if self.kind == "eta":
             target, steps, _ = inputs
-            t = tf.matmul(target, self.planes) > 0                                  # [B, bits]
-            s = tf.einsum("bld,dk->blk", steps, self.planes) > 0                    # [B, L, bits]
-            return tf.reduce_sum(tf.cast(tf.equal(t[:, None, :], s), tf.float32), -1)
+            return hamming_matches(simhash_codes(target, self.planes), simhash_codes(steps, self.planes))
         tq, sq, ti, si, mask = inputs
         first, valid = masked_top_k(tf.einsum("bd,bld->bl", tq, sq), mask, self.first_k)
         item_scores = tf.einsum("bd,bld->bl", ti, si)

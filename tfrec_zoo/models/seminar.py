@@ -224,6 +224,8 @@ def _register(name: str, cfg_cls: type, doc: str) -> None:
 for _name, _cls, _doc in _DOCS.values():
     _register(_name, _cls, _doc)
 
+# the models whose GSU `with_pq_gsu` can replace by the PQ one
+PQ_GSU_MODELS = ("seminar", "twin")
 # the models that need a lifelong spec (keys.item + keys.query, a history sharing both tables)
 LIFELONG_MODELS = (*_DOCS, "seminar_psu")
 

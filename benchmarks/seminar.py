@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +51,7 @@ COLUMNS = ("hit@1", "hit@10", "ndcg@10", "hit@50", "mrr", "auc")
 MARK = "<!-- seminar-results -->"
 
 
-def variant_experiment(dataset: str, variant: str, epochs: int | None):
+def variant_experiment(dataset: str, variant: str, epochs: int | None, seed: int | None = None):
     exp = load_experiment(ROOT / "training" / "experiments" / f"seminar-{dataset}.yaml")
     change = VARIANTS[variant]
     exp.name = f"{exp.name}-{variant.replace(' ', '_').replace('-', 'no-', 1) if ' -' in variant else variant}"
@@ -66,20 +68,41 @@ def variant_experiment(dataset: str, variant: str, epochs: int | None):
                                                    **change.get("pretrain_params", {})}}
     if epochs:
         exp.epochs = epochs
+    if seed is not None:
+        exp.seed = seed
     return exp
+
+
+def seed_runs(entry: dict | None) -> dict[str, dict]:
+    """The per-seed test metrics of one variant (entries written before seeds were recorded hold one run, the
+    experiment's seed 0)."""
+    if not entry:
+        return {}
+    return dict(entry.get("seeds") or {str(entry.get("seed", 0)): entry["metrics"]})
+
+
+def mean_metrics(runs: dict[str, dict]) -> dict:
+    """Mode by mode, the mean of every numeric metric over the seeds' runs."""
+    first = next(iter(runs.values()))
+    return {mode: {k: (float(np.mean([r[mode][k] for r in runs.values()])) if isinstance(v, (float, np.floating)) else v)
+                   for k, v in m.items()} for mode, m in first.items()}
 
 
 def table(results: dict) -> str:
     lines = []
     for dataset, rows in results.items():
         lines += [f"**{dataset}** (test, 1 + 99 sampled negatives)", "",
-                  "| model | mode | " + " | ".join(c.upper() for c in COLUMNS) + " | train s |",
-                  "|---|---|" + "---|" * (len(COLUMNS) + 1)]
+                  "| model | mode | " + " | ".join(c.upper() for c in COLUMNS)
+                  + " | seeds | NDCG@10 min-max | train s |",
+                  "|---|---|" + "---|" * (len(COLUMNS) + 3)]
         for variant, r in rows.items():
+            runs = seed_runs(r)
             for mode in [m for m in ("recommendation", "search") if m in r["metrics"]]:
                 m = r["metrics"][mode]
+                ndcg = [run[mode]["ndcg@10"] for run in runs.values()]
+                spread = f"{min(ndcg):.4f}-{max(ndcg):.4f}" if len(ndcg) > 1 else "-"
                 lines.append(f"| {variant} | {mode} | " + " | ".join(f"{m[c]:.4f}" for c in COLUMNS)
-                             + f" | {r['seconds']:.0f} |")
+                             + f" | {len(runs)} | {spread} | {r['seconds']:.0f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -105,6 +128,8 @@ def main() -> int:
     ap.add_argument("--datasets", nargs="+", default=["ml-latest-small-lifelong", "amazon-beauty-lifelong"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the experiment's)")
+    ap.add_argument("--seed", type=int, help="training seed (default: the experiment's, 0); a run adds to the "
+                    "variant's earlier seeds and the table shows their mean")
     ap.add_argument("--runs", default=str(ROOT / "benchmarks" / "out" / "seminar_runs"))
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "seminar.json"))
     ap.add_argument("--no-card", action="store_true", help="do not write the table into seeds/papers/seminar.md")
@@ -115,11 +140,11 @@ def main() -> int:
     results = json.loads(out.read_text()) if out.exists() else {}
     for dataset in [] if args.card_only else args.datasets:
         for variant in args.variants:
-            exp = variant_experiment(dataset, variant, args.epochs)
+            exp = variant_experiment(dataset, variant, args.epochs, args.seed)
             if exp.model == "qin" and not exp.params.get("use_query", True):
                 print(f"{dataset} qin: skipped (QIN's first stage needs queries; the dataset has none)", flush=True)
                 continue
-            run_dir = Path(args.runs) / dataset / variant.replace(" ", "_")
+            run_dir = Path(args.runs) / dataset / (variant.replace(" ", "_") + (f"_seed{exp.seed}" if exp.seed else ""))
             if run_dir.exists():
                 import shutil
                 shutil.rmtree(run_dir)
@@ -127,10 +152,11 @@ def main() -> int:
             res = train(exp, run_dir, verbose=0, log=lambda *a: print(*a, file=sys.stderr))
             seconds = time.perf_counter() - start
             metrics = {k.split("(")[1].rstrip(")"): v for k, v in res.metrics["test"]["overall"].items()}
-            results.setdefault(dataset, {})[variant] = {"metrics": metrics, "seconds": seconds,
-                                                        "model": exp.model, "params": exp.params,
-                                                        "pretrain": exp.pretrain}
-            print(f"{dataset} {variant}: " + ", ".join(f"{mode} ndcg@10 {m['ndcg@10']:.4f}"
+            runs = {**seed_runs(results.get(dataset, {}).get(variant)), str(exp.seed): metrics}
+            results.setdefault(dataset, {})[variant] = {"metrics": mean_metrics(runs), "seeds": runs,
+                                                        "seconds": seconds, "model": exp.model,
+                                                        "params": exp.params, "pretrain": exp.pretrain}
+            print(f"{dataset} {variant} seed {exp.seed}: " + ", ".join(f"{mode} ndcg@10 {m['ndcg@10']:.4f}"
                                                        for mode, m in metrics.items()) + f" ({seconds:.0f} s)",
                   flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,10 @@ year, title vector) taken from real rows. Measured side by side in one run, alte
   grpc          `tfrec-zoo serve`'s PredictionService/Predict through the stock tensorflow-serving-api stub
   rest          POST /v1/models/NAME:predict (columnar `inputs`, b64 examples) with urllib
 
+`--part seminar --seminar-run RUN` exports a trained seminar run twice (exact GSU, PQ GSU) and measures the same
+`rank` request (the test user with the longest history x 200 sampled movie ids) in-process, over gRPC and over
+REST for both, side by side (benchmarks/out/serving_seminar.json).
+
 `--part retrieval` (or `all`, the default) then runs `benchmarks/serving_retrieval.py` in the same process:
 ScaNN vs brute force over 1M item vectors, recall@100 against exact and queries/s side by side (its options after
 `--`, e.g. `python benchmarks/serving.py --part retrieval -- --n-items 100000`).
@@ -163,8 +167,9 @@ def ranking(args) -> int:
 
 
 def seminar_rank(args) -> int:
-    """In-process `rank` latency of one seminar run exported twice (exact GSU, PQ GSU): 1 user (the test row with
-    the longest history) x `--candidates` movie ids, alternating rounds."""
+    """`rank` latency of one seminar run exported twice (exact GSU, PQ GSU), each in-process and through `tfrec-zoo
+    serve` (gRPC, REST): 1 user (the test row with the longest history) x `--candidates` movie ids, alternating
+    rounds."""
     from training.exporting import export_run
     from training.trainer import load_run
 
@@ -191,18 +196,27 @@ def seminar_rank(args) -> int:
         c.features.feature[item].int64_list.value.append(i)
         candidates.append(c.SerializeToString())
     ctx_t, cand_t = tf.constant(context.SerializeToString()), tf.constant(candidates)
-    calls = {gsu: (lambda f: lambda: f(context=ctx_t, candidates=cand_t))(
+    calls = {f"seminar_{gsu} in-process": (lambda f: lambda: f(context=ctx_t, candidates=cand_t))(
         tf.saved_model.load(str(v)).signatures["rank"]) for gsu, v in versions.items()}
-    results = measure(calls, args.requests, args.rounds)
+    server, served = start_server(base, context.SerializeToString(), candidates,
+                                  models=tuple(f"seminar_{gsu}" for gsu in versions))
+    calls.update(served)
+    try:
+        results = measure(calls, args.requests, args.rounds)
+    finally:
+        server.stop()
     report(f"seminar rank request ({args.seminar_run}): 1 user, {len(ids)} candidates, history {hist}; "
-           f"{args.requests} requests each, {args.rounds} alternating rounds, {os.cpu_count()} cores, in-process",
-           "GSU", results, Path(args.json).with_name("serving_seminar.json"),
+           f"{args.requests} requests each, {args.rounds} alternating rounds, {os.cpu_count()} cores; "
+           "in-process and through `tfrec-zoo serve` (gRPC, REST)",
+           "export / path", results, Path(args.json).with_name("serving_seminar.json"),
            {"run": args.seminar_run, "candidates": len(ids), "history": hist})
     return 0
 
 
-def start_server(base: Path, context: bytes, candidates: list[bytes]):
-    """Start `tfrec-zoo serve` in this process on free ports; return (server, {path: request function})."""
+def start_server(base: Path, context: bytes, candidates: list[bytes], models: tuple[str, ...] = ("din_long",)):
+    """Start `tfrec-zoo serve` over `base` in this process on free ports; return (server, {path: request function}):
+    per model name, a gRPC Predict and a REST predict call of the `rank` signature (keys "grpc" / "rest" for one
+    model, "NAME grpc" / "NAME rest" for several)."""
     import socket
     import urllib.request
 
@@ -220,20 +234,31 @@ def start_server(base: Path, context: bytes, candidates: list[bytes]):
     server = ModelServer(str(base), grpc_port=gport, rest_port=rport)
     server.start()
     stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{gport}"))
-    req = predict_pb2.PredictRequest()
-    req.model_spec.name, req.model_spec.signature_name = "din_long", "rank"
-    req.inputs["context"].CopyFrom(tf.make_tensor_proto(context, dtype=tf.string))
-    req.inputs["candidates"].CopyFrom(tf.make_tensor_proto(candidates, dtype=tf.string, shape=[len(candidates)]))
     body = json.dumps({"signature_name": "rank", "inputs": {
         "context": {"b64": base64.b64encode(context).decode()},
         "candidates": [{"b64": base64.b64encode(c).decode()} for c in candidates]}}).encode()
-    url = f"http://127.0.0.1:{rport}/v1/models/din_long:predict"
 
-    def rest():
-        r = urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"}), timeout=30)
-        return r.read()
+    def clients(name: str) -> tuple:
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name, req.model_spec.signature_name = name, "rank"
+        req.inputs["context"].CopyFrom(tf.make_tensor_proto(context, dtype=tf.string))
+        req.inputs["candidates"].CopyFrom(tf.make_tensor_proto(candidates, dtype=tf.string,
+                                                               shape=[len(candidates)]))
+        url = f"http://127.0.0.1:{rport}/v1/models/{name}:predict"
 
-    return server, {"grpc": lambda: stub.Predict(req, timeout=30), "rest": rest}
+        def rest():
+            request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as r:
+                return r.read()
+
+        return (lambda: stub.Predict(req, timeout=30)), rest
+
+    calls = {}
+    for name in models:
+        grpc_call, rest_call = clients(name)
+        prefix = "" if len(models) == 1 else f"{name} "
+        calls[f"{prefix}grpc"], calls[f"{prefix}rest"] = grpc_call, rest_call
+    return server, calls
 
 
 if __name__ == "__main__":

@@ -85,6 +85,39 @@ def test_rank_scores_candidates_for_one_context(runs):
     assert ranked["like"].shape == (6,) and np.ptp(ranked["like"].numpy()) > 0   # candidates really differ
 
 
+def test_rank_parsing_equals_parsing_the_merged_examples(runs):
+    """The context is parsed once, yet every feature equals parsing context bytes + candidate bytes: item-side
+    keys from the candidate, a candidate that overrides a context key (its own history), one that takes an
+    item-side key from the context; a required feature neither side has is an error naming it."""
+    from tfrec_zoo.data.reader import parse_features, parse_ranking_request
+
+    _, run_dirs = runs
+    data = resolve_dataset(load_experiment(run_dirs["din"] / "config.yaml").dataset)
+    records = [tf.train.Example.FromString(r) for r in validation_records(data, 5)]
+    context = records[0]
+    candidates = []
+    for i, ex in enumerate(records[1:]):
+        cand = tf.train.Example()
+        for key in ITEM_SIDE[:1] if i == 0 else ITEM_SIDE:      # the first: movie id only, the rest from context
+            cand.features.feature[key].CopyFrom(ex.features.feature[key])
+        if i == 1:                                             # its own (shorter) history replaces the context's
+            for key in ("hist_movie_id", "hist_genres"):
+                if key in ex.features.feature:
+                    cand.features.feature[key].CopyFrom(ex.features.feature[key])
+        candidates.append(cand.SerializeToString())
+    ctx = context.SerializeToString()
+    want = parse_features(data.spec, tf.constant([ctx + c for c in candidates]))
+    got = parse_ranking_request(data.spec, tf.constant(ctx), tf.constant(candidates))
+    assert set(got) == set(want) and "hist_movie_id" in got
+    for key in want:
+        np.testing.assert_array_equal(got[key].numpy(), want[key].numpy(), err_msg=key)
+    assert not np.array_equal(got["hist_movie_id"].numpy()[1], got["hist_movie_id"].numpy()[0])
+    np.testing.assert_array_equal(got["hist_movie_id"].numpy()[0], got["hist_movie_id"].numpy()[2])
+    del context.features.feature["year"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="'year'"):
+        parse_ranking_request(data.spec, tf.constant(context.SerializeToString()), tf.constant(candidates[:1]))
+
+
 def test_versions_increment_keep_the_newest_and_a_failed_export_leaves_nothing(runs):
     root, run_dirs = runs
     base = root / "sm_versions"

@@ -246,14 +246,25 @@ def test_pretrain_then_finetune_from_one_experiment(ml40, tmp_path):
 
     raw = yaml.safe_load((ROOT / "training/experiments/seminar-ml-latest-small-lifelong.yaml").read_text())
     raw.update(dataset=str(ml40.path), epochs=1, batch_size=128,
-               params={"dim": 16, "heads": 2, "top_k": 8, "aux_steps": 64},
+               params={"dim": 16, "heads": 2, "top_k": 8, "aux_steps": 64, "freeze_input_projection": True},
                evaluation={"splits": ["test"], "max_rows": 16})
+    # the id embedding lives inside the item_modalities layer: freezing it must leave G trainable; the title
+    # projection stays as pretrained (freeze_input_projection, a fine-tuning param the PSU does not inherit)
+    raw["pretrain"]["freeze"] = ["^emb_movie_id$"]
     exp = parse_experiment(raw, "test")
     run = tmp_path / "run"
     result = train(exp, run, verbose=0, log=lambda *_: None)
-    restored = json.loads((run / "restore.json").read_text())["restored"]
+    report = json.loads((run / "restore.json").read_text())
+    restored = report["restored"]
     assert "emb_movie_id/embeddings:0" in restored and "esu/wq:0" in restored
     assert any(n.startswith("item_modalities/proj_title") for n in restored)
+    assert report["frozen"] == ["emb_movie_id"]
+    _, _, psu = load_run(run / "pretrain", log=lambda *_: None)
+    pre, fine = psu.get_layer("item_modalities"), result.model.get_layer("item_modalities")
+    np.testing.assert_array_equal(fine.id_embedding.embeddings.numpy(), pre.id_embedding.embeddings.numpy())
+    np.testing.assert_array_equal(fine.proj["title"][0].numpy(), pre.proj["title"][0].numpy())
+    assert any(w is pre.proj["title"][0] for w in psu.trainable_weights)
+    assert not np.allclose(fine.gproj["title"].numpy(), pre.gproj["title"].numpy())
     hist = (run / "pretrain" / "history.csv").read_text().splitlines()[0]
     assert "loss_align" in hist and "loss_relevance" in hist
     assert set(result.metrics["test"]["overall"]) == {"click (recommendation)", "click (search)"}
@@ -370,7 +381,7 @@ def test_psu_objectives_switch_off(ml40, weights, zero):
     assert all(h[o][0] > 0 for o in other)       # the other contrastive objective is computed (InfoNCE > 0)
 
 
-def test_params_the_dataset_rejects_leave_no_run_directory(ml40, tmp_path):
+def test_params_the_dataset_rejects_leave_no_run_directory(ml40, seminar_run, tmp_path):
     from training.experiment import parse_experiment
     from training.trainer import train
 
@@ -379,3 +390,10 @@ def test_params_the_dataset_rejects_leave_no_run_directory(ml40, tmp_path):
     with pytest.raises(ValueError, match=r"bad.yaml: params: .*modalities \['nope'\] are not side features"):
         train(exp, tmp_path / "run", verbose=0, log=lambda *_: None)
     assert not (tmp_path / "run").exists()
+    # a freeze pattern that names no layer would freeze nothing: an error before training, no directory left
+    exp = parse_experiment({"name": "x", "dataset": str(ml40.path), "model": "seminar",
+                            "params": {"dim": 16, "heads": 2, "top_k": 8},
+                            "restore": {"checkpoint": str(seminar_run), "freeze": ["^emb_nope"]}}, "bad.yaml")
+    with pytest.raises(ValueError, match=r"bad.yaml: freeze: '\^emb_nope' matches no layer .*emb_movie_id"):
+        train(exp, tmp_path / "run2", verbose=0, log=lambda *_: None)
+    assert not (tmp_path / "run2").exists()

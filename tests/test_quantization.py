@@ -43,6 +43,13 @@ def test_adc_scores_equal_inner_product_with_decoded_vectors():
     np.testing.assert_allclose(pq_scores(query, codes[0], books).numpy(), query @ pq_decode(codes[0], books).T,
                                atol=1e-5)
     np.testing.assert_allclose(exact_scores(query, x[:200]).numpy(), query @ x[:200].T, atol=1e-5)
+    # H queries per row (attention heads) share the row's codes: [B, H, D] -> [B, H, L], per-row and shared
+    heads = rng.normal(size=(3, 4, 32)).astype(np.float32)
+    decoded = pq_decode(codes.reshape(-1, 8), books).reshape(3, 200, 32)
+    np.testing.assert_allclose(pq_scores(heads, codes, books).numpy(),
+                               np.einsum("bhd,bld->bhl", heads, decoded), atol=1e-5)
+    np.testing.assert_allclose(pq_scores(heads, codes[0], books).numpy(),
+                               np.einsum("bhd,ld->bhl", heads, decoded[0]), atol=1e-5)
 
 
 def test_multimodal_weighting():

@@ -160,8 +160,10 @@ def parse_experiment(raw: Any, source: str = "<memory>", overrides: list[str] | 
 
 
 def pretrain_params(exp: Experiment) -> dict:
-    """The pretraining model's params: the fine-tuning params overridden by `pretrain.params`."""
-    return {**exp.params, **(exp.pretrain or {}).get("params", {})}
+    """The pretraining model's params: the fine-tuning params overridden by `pretrain.params`, less the
+    `freeze_*` ones (they keep restored weights fixed while fine-tuning; pretraining is what trains them)."""
+    fine = {k: v for k, v in exp.params.items() if not k.startswith("freeze_")}
+    return {**fine, **(exp.pretrain or {}).get("params", {})}
 
 
 def pretrain_experiment(exp: Experiment) -> Experiment:

@@ -92,10 +92,23 @@ def _remap_rows(src_rows: np.ndarray, dst_rows: np.ndarray, table: str, source, 
 
 
 def freeze(model, patterns: Sequence[str] = (), level: int | None = None) -> list[str]:
-    """Set `trainable=False` on layers whose name matches a pattern or a level below `level`; returns their names."""
+    """Set `trainable=False` on every layer whose name matches a pattern or a level below `level`, nested layers
+    included (a lifelong model's `emb_movie_id` lives inside its `item_modalities` layer: `^emb_` freezes the
+    embedding and leaves the modality projections trainable; `^item_modalities$` freezes both). Returns the frozen
+    layers' names. Raises ValueError for a pattern that matches no layer (it would silently freeze nothing)."""
+    layers, seen = [], set()
+    for top in model.layers:
+        for layer in top._flatten_layers(include_self=True, recursive=True):
+            if id(layer) not in seen:
+                seen.add(id(layer))
+                layers.append(layer)
+    for p in patterns:
+        if not any(re.search(p, layer.name) for layer in layers):
+            names = sorted({layer.name for layer in layers if layer.weights})
+            raise ValueError(f"freeze: {p!r} matches no layer of the model (layers with weights: {names})")
     pats = list(patterns) + (list(LEVELS[:level]) if level else [])
     frozen = []
-    for layer in model.layers:
+    for layer in layers:
         if any(re.search(p, layer.name) for p in pats):
             layer.trainable = False
             frozen.append(layer.name)

@@ -121,7 +121,10 @@ def _restore(exp: Experiment, model, data: DatasetDir, log) -> RestoreReport | N
     report = copy_variables(source_model, model, source=(src_data.spec, src_data.artifacts),
                             target=(data.spec, data.artifacts), include=cfg.get("include", ()),
                             exclude=cfg.get("exclude", ()))
-    report.frozen = freeze(model, cfg.get("freeze", ()), cfg.get("freeze_level"))
+    try:
+        report.frozen = freeze(model, cfg.get("freeze", ()), cfg.get("freeze_level"))
+    except ValueError as e:                  # a freeze pattern that names no layer: nothing was trained yet
+        raise ModelBuildError(f"{exp.source}: {e}") from None
     log(report.summary())
     return report
 

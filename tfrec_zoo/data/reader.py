@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection, Sequence
 
+import numpy as np
+
 from ..features.artifacts import ARTIFACTS_DIR, Artifacts
 from ..features.spec import (
     DenseFeature, FeatureSpec, LabelFeature, MultiHotFeature, SequenceFeature, TextFeature, VectorFeature,
@@ -118,7 +120,68 @@ def parse_batch(spec: FeatureSpec, serialized, with_weights: bool | None = None,
     """
     tf = _tf()
     desc = parse_spec_features(spec, features, labels)
-    raw = tf.io.parse_example(serialized, desc)
+    return _from_raw(spec, tf.io.parse_example(serialized, desc), desc, with_weights, features, labels)
+
+
+def parse_ranking_request(spec: FeatureSpec, context, candidates, features: Collection[str] | None = None) -> dict:
+    """The `rank` signature's parsing: one context tf.Example (scalar string) + B candidate tf.Examples -> the
+    features of the B merged examples, equal to `parse_features` of each candidate's bytes appended to the
+    context's (a key the candidate has values for replaces the context's). The context (the long history) is
+    parsed and padded once, [1, ...], and broadcast at the end: parsing it B times was half of a SEMINAR rank
+    request. A required feature neither side has fails as parsing does, naming it."""
+    tf = _tf()
+    desc = parse_spec_features(spec, features, labels=False)
+    as_ragged = {k: tf.io.RaggedFeature(d.dtype) for k, d in desc.items()}
+    sides = []
+    for serialized in (tf.reshape(context, [1]), candidates):
+        raw = tf.io.parse_example(serialized, as_ragged)
+        lengths = {k: tf.cast(raw[k].row_lengths(), tf.int64) for k in desc}
+        for key, d in desc.items():
+            if isinstance(d, tf.io.FixedLenFeature):     # absent here (zeros) when the other side has it
+                shape = [int(x) for x in d.shape]
+                width = int(np.prod(shape)) if shape else 1
+                raw[key] = tf.reshape(raw[key].to_tensor(shape=[None, width]), [-1] + shape)
+        sides.append((_from_raw(spec, raw, desc, None, features, False), lengths))
+    (ctx, ctx_len), (cand, cand_len) = sides
+    out, checks = {}, []
+    for name, key in _raw_keys(spec, desc).items():
+        if name not in cand:
+            continue
+        own = cand_len[key] > 0                            # the candidate's values win, as in a merged example
+        if name == key and isinstance(desc[key], tf.io.FixedLenFeature):
+            width = int(np.prod([int(x) for x in desc[key].shape])) if desc[key].shape else 1
+            checks.append(tf.debugging.assert_equal(
+                tf.where(own, cand_len[key], ctx_len[key]), tf.constant(width, tf.int64),
+                message=f"rank: feature {key!r} needs {width} value(s) per candidate (in the candidate or the "
+                        "context example)"))
+        own = tf.reshape(own, [-1] + [1] * (cand[name].shape.rank - 1))
+        out[name] = tf.where(own, cand[name], ctx[name])   # [1, ...] context broadcast to the B candidates
+    with tf.control_dependencies(checks):
+        return {name: tf.identity(v) for name, v in out.items()}
+
+
+def _raw_keys(spec: FeatureSpec, desc: dict) -> dict[str, str]:
+    """Each parsed feature's name -> the tf.Example key it comes from (a length: its list's; a sequence's length:
+    its last parsed field's, as `_from_raw` takes it)."""
+    keys = {}
+    for f in spec.row_features:
+        if isinstance(f, MultiHotFeature):
+            keys[f.name] = keys[f.length_name] = f.name
+            if f.weights:
+                keys[f.weights] = f.weights
+        elif isinstance(f, SequenceFeature):
+            parsed = [sf.name for sf in f.fields if sf.name in desc]
+            keys.update({name: name for name in parsed})
+            if parsed:
+                keys[f.length_name] = parsed[-1]
+        else:
+            keys[f.name] = f.name
+    return {name: key for name, key in keys.items() if key in desc}
+
+
+def _from_raw(spec: FeatureSpec, raw: dict, desc: dict, with_weights, features, labels: bool):
+    """`parse_example`'s output (ragged sequences / multi-hots, dense scalars and vectors) -> parse_batch's."""
+    tf = _tf()
     feats, label_values, weights = {}, {}, {}
     for f in spec.row_features:
         if isinstance(f, MultiHotFeature):

@@ -174,14 +174,11 @@ class MultiHeadTargetAttention(keras.layers.Layer):
         """[B, H, L] approximate head scores from the steps' PQ codes (see the class docstring)."""
         from .quantization import pq_scores
 
-        b, h = tf.shape(q_step)[0], self.heads
-        q = tf.reshape(q_step, [-1, self.dim])                                   # [B*H, D]
         alpha = float(self.pq.get("alpha", 0.0))
         multi = self.pq_codebooks.shape[0] > 1
 
-        def part(codes_table, rows, m):
-            codes = tf.repeat(tf.gather(codes_table, tf.cast(rows, tf.int32)), h, axis=0)   # [B*H, L, C]
-            return tf.reshape(pq_scores(q, codes, self.pq_codebooks[m]), [b, h, -1])
+        def part(codes_table, rows, m):                                          # [B, H, L]
+            return pq_scores(q_step, tf.gather(codes_table, tf.cast(rows, tf.int32)), self.pq_codebooks[m])
 
         scores = (1.0 - alpha if multi else 1.0) * part(self.pq_item_codes, inputs[3], 0)
         if multi:
@@ -257,14 +254,24 @@ class ModalityTables(keras.layers.Layer):
                                           the mean of the valid attribute embeddings -> Dense(D) if d != D
     Each modality is then multiplied by its G projection (D x D, identity init) when `modality_projection`, and the
     fused vector is the softmax-gated sum (one logit per modality, as SEMINAR's global gate).
+    `frozen_parts` makes weights non-trainable from the start (restore-by-name still fills them), as the official
+    code's fine-tuning options: "gproj" (G, `freeze_psu_projection`), "proj" (the side features' d -> D projections,
+    `freeze_multi_modal_projection`). The id / attribute embeddings are sub-layers: freeze them by name (`^emb_`).
 
     call(rows_list) -> [fused(rows) for rows in rows_list] + [modality m (rows_list[0]) for m] (the per-modality
     vectors of the first rows tensor, e.g. the history, for the alignment objective).
     """
 
+    PARTS = ("proj", "gproj")
+
     def __init__(self, modalities, dim: int, modality_projection: bool = False, id_embedding=None,
-                 frozen: dict | None = None, attr_embeddings: dict | None = None, n_rows: int = 0, **kwargs):
+                 frozen: dict | None = None, attr_embeddings: dict | None = None, n_rows: int = 0,
+                 frozen_parts=(), **kwargs):
         super().__init__(**kwargs)
+        bad = sorted(set(frozen_parts) - set(self.PARTS))
+        if bad:
+            raise ValueError(f"ModalityTables: frozen_parts {bad} are not among {list(self.PARTS)}")
+        self.frozen_parts = tuple(frozen_parts)
         self.modalities = [tuple(m) for m in modalities]
         self.dim, self.modality_projection, self.n_rows = int(dim), bool(modality_projection), int(n_rows)
         self.id_embedding = id_embedding
@@ -293,11 +300,15 @@ class ModalityTables(keras.layers.Layer):
             else:
                 in_dim = int(self.id_embedding.output_dim)
             if kind == "dense" or in_dim != self.dim:
-                self.proj[key] = (self.add_weight(f"proj_{key}_kernel", shape=[in_dim, self.dim]),
-                                  self.add_weight(f"proj_{key}_bias", shape=[self.dim], initializer="zeros"))
+                train_proj = "proj" not in self.frozen_parts
+                self.proj[key] = (self.add_weight(f"proj_{key}_kernel", shape=[in_dim, self.dim],
+                                                  trainable=train_proj),
+                                  self.add_weight(f"proj_{key}_bias", shape=[self.dim], initializer="zeros",
+                                                  trainable=train_proj))
             if self.modality_projection:
                 self.gproj[key] = self.add_weight(f"gproj_{key}", shape=[self.dim, self.dim],
-                                                  initializer=keras.initializers.Identity())
+                                                  initializer=keras.initializers.Identity(),
+                                                  trainable="gproj" not in self.frozen_parts)
         if len(self.modalities) > 1:
             self.gate_logits = self.add_weight("gate_logits", shape=[len(self.modalities)], initializer="zeros")
         self._frozen_values = {}
@@ -335,7 +346,8 @@ class ModalityTables(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "modalities": self.modalities, "dim": self.dim,
-                "modality_projection": self.modality_projection, "n_rows": self.n_rows}
+                "modality_projection": self.modality_projection, "n_rows": self.n_rows,
+                "frozen_parts": list(self.frozen_parts)}
 
 
 @keras.utils.register_keras_serializable(package="tfrec_zoo")

@@ -160,28 +160,37 @@ def pq_scores(query, codes, codebooks, weights=None):
     """ADC scores: score[b, l] = sum_m w_m sum_c LUT[b, m, c, codes[b, l, m, c]], LUT[b, m, c, k] =
     <query[b, c-th sub-vector], codebooks[m, c, k]>, i.e. <query_b, sum_m w_m decode_m(codes[b, l])>.
 
-    query [B, D] float; codebooks [C, K, d] (one modality) or [M, C, K, d]; codes (any int dtype, uint8 included)
+    query [B, D] float, or [B, H, D]: H queries per row that share the row's codes (attention heads; one gather
+    then serves all H); codebooks [C, K, d] (one modality) or [M, C, K, d]; codes (any int dtype, uint8 included)
     [B, L, C] / [B, L, M, C], or without the batch axis ([L, C] / [L, M, C]: one user's history shared by all B
-    queries, e.g. B candidates of one request); weights [M] (None = all ones). Returns [B, L] float32.
+    queries, e.g. B candidates of one request); weights [M] (None = all ones). Returns [B, L] float32 ([B, H, L]
+    for [B, H, D] queries).
     """
     query = tf.convert_to_tensor(query, tf.float32)
+    per_head = query.shape.rank == 3
+    if not per_head:
+        query = query[:, None]
     codebooks = tf.convert_to_tensor(codebooks, tf.float32)
     codes = tf.convert_to_tensor(codes)
     if codebooks.shape.rank == 3:
         codebooks, codes = codebooks[None], tf.expand_dims(codes, -2)
     m, c, k, d = (codebooks.shape[i] for i in range(4))
-    shared = codes.shape.rank == 3
-    # transposed LUT [M, C, K, B]: a gathered row is the B queries' partial scores of one codeword (contiguous)
-    lut = tf.einsum("bcd,mckd->mckb", tf.reshape(query, [-1, c, d]), codebooks)
-    if weights is not None:
-        lut = lut * tf.reshape(tf.cast(weights, tf.float32), [m, 1, 1, 1])
-    lut = tf.reshape(lut, [m * c * k, -1])
+    b, h = tf.shape(query)[0], query.shape[1]
+    query = tf.reshape(query, [b, h, c, d])
+    scale = 1.0 if weights is None else tf.cast(weights, tf.float32)
     index = tf.cast(codes, tf.int32) + tf.reshape(tf.range(m * c, dtype=tf.int32) * k, [m, c])
-    if shared:                                                            # [L, M*C] rows of the LUT -> [L, B]
-        return tf.transpose(tf.reduce_sum(tf.gather(lut, tf.reshape(index, [-1, m * c])), axis=1))
-    lut = tf.transpose(lut)                                               # [B, M*C*K]
-    index = tf.reshape(index, tf.concat([tf.shape(index)[:2], [m * c]], 0))
-    return tf.reduce_sum(tf.gather(lut, index, batch_dims=1), axis=-1)    # [B, L, M*C] -> [B, L]
+    # LUTs laid out so that one gathered row holds every query's partial score of one codeword
+    if codes.shape.rank == 3:                          # shared history: rows of B*H scores, [L, M*C, B*H] -> [L, B*H]
+        lut = tf.einsum("bhcd,mckd->mckbh", query, codebooks)
+        lut = tf.reshape(lut * tf.reshape(scale, [-1, 1, 1, 1, 1]), [m * c * k, -1])
+        out = tf.reduce_sum(tf.gather(lut, tf.reshape(index, [-1, m * c])), axis=1)
+        out = tf.reshape(tf.transpose(out), [b, h, -1])
+    else:                                              # per-row histories: rows of H scores, [B, L, M*C, H] -> [B, H, L]
+        lut = tf.einsum("bhcd,mckd->bmckh", query, codebooks)
+        lut = tf.reshape(lut * tf.reshape(scale, [1, -1, 1, 1, 1]), [b, m * c * k, h])
+        index = tf.reshape(index, tf.concat([tf.shape(index)[:2], [m * c]], 0))
+        out = tf.transpose(tf.reduce_sum(tf.gather(lut, index, batch_dims=1), axis=2), [0, 2, 1])
+    return out if per_head else out[:, 0]
 
 
 @keras.utils.register_keras_serializable(package="tfrec_zoo")

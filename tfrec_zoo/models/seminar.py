@@ -54,6 +54,10 @@ class LifelongConfig:
     # without a search intent ("recommendation" mode empties it at evaluation)
     query_dropout: float = 0.5
     modality_projection: bool = True    # fine-tuning's per-modality D x D projections G (identity init)
+    # keep restored weights fixed while fine-tuning (the official code's freeze_psu_projection /
+    # freeze_multi_modal_projection); embeddings are frozen by name in the experiment (`freeze: ['^emb_']`)
+    freeze_modality_projection: bool = False
+    freeze_input_projection: bool = False
     dnn_units: tuple = (128, 64)
     dropout: float = 0.0
     # approximate GSU for serving (seminar / twin): > 0 scores steps by product-quantisation codes with this many
@@ -130,8 +134,10 @@ class _Parts:
             else:
                 raise ValueError(f"{spec.source}: side feature {m!r} ({f.kind}) is not a supported modality "
                                  "(text, vector, multi_hot)")
+        parts = [p for p, on in (("gproj", self.cfg.freeze_modality_projection),
+                                 ("proj", self.cfg.freeze_input_projection)) if on]
         return ModalityTables(specs, self.cfg.dim, self.cfg.modality_projection, id_emb, frozen, attrs,
-                              art.vocab_size(spec, table), name=name)
+                              art.vocab_size(spec, table), frozen_parts=parts, name=name)
 
 
 def _built(embedding):

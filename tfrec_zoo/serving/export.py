@@ -5,9 +5,10 @@ Signatures (inputs -> one output per task, named by the task; binary/regression 
 * `serving_default`  `examples`: DT_STRING [-1], serialized tf.Example parsed in-graph with the training spec.
 * `rank`             `context`: DT_STRING [] (one tf.Example with the request-level features: user, history, ...)
                      + `candidates`: DT_STRING [-1] (one tf.Example per candidate with the item-side features):
-                     one request scores N candidates for one user. Each candidate is the concatenation of the
-                     context's and its own serialized bytes, which tf.Example parsing reads as one merged
-                     example (a key given in both: the candidate's wins, and TF logs it).
+                     one request scores N candidates for one user. Each candidate scores as the merged example
+                     its serialized bytes appended to the context's would be (a key the candidate has values
+                     for replaces the context's), but the context is parsed once, not N times (a 1,000-step
+                     history parsed 200 times was half of a SEMINAR rank request's time).
 * `predict_raw`      the model's raw tensors (ids, floats, padded sequences + `<name>_len` lengths).
 
 The version is written into a temporary directory beside the target and renamed at the end, so a failed export
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .._tf import tf
-from ..data.reader import parse_features
+from ..data.reader import parse_features, parse_ranking_request
 from ..features.spec import FeatureSpec
 
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -62,8 +63,7 @@ class ServingModule(tf.Module):
         return self._outputs(parse_features(self._spec, examples, self._features))
 
     def _rank(self, context, candidates):
-        merged = tf.strings.join([tf.fill(tf.shape(candidates), context), candidates])
-        return self._serve_examples(merged)
+        return self._outputs(parse_ranking_request(self._spec, context, candidates, self._features))
 
     def _predict_raw(self, *tensors):
         return self._outputs(dict(zip(self._features, tensors)))

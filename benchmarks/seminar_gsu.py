@@ -14,9 +14,11 @@ embeddings instead.
 Methods (all return positions in the user's history; recall@K = |approx top-K & exact top-K| / K, mean over queries):
   exact           gather float32 [L, M, D] by id, fuse with w, matmul, top_k (the reference)
   exact prefused  gather a pre-fused [L, D] table (weights frozen at serving), matmul, top_k
-  PQ C=c          gather uint8 codes [L, M, C] by id, ADC lookup table per request (pq_scores), top_k;
+  PQ C=c          gather uint8 codes [L, M, C] by id, decode them (L x M x C codeword gathers) and one matmul
+                  with the B queries (pq_scores' shared-history path, what the served model runs), top_k;
                   codebooks per modality, C sub-spaces x `--codewords`, trained on the item table (`--codebooks
                   global`) or on each user's own L vectors (`per-user`, the paper's script; first `--per-user-users`)
+  PQ C=c ADC      the same codes and scores by ADC lookup tables per request (B x L x M x C lookups)
   SimHash b bits  gather packed bits [L, M, b/8] by id, hash the query, sum_m w_m (equal bits), top_k (ETA)
   ScaNN           one searcher per user over its L fused vectors (tree sqrt(L) leaves, search `--scann-search-frac`
                   of them, score_ah(2, threshold 0.2), reorder `--scann-reorder`); build time reported separately
@@ -202,10 +204,10 @@ def main(argv=None) -> int:
     def prefused_fn(q, ids):
         return tf.math.top_k(tf.matmul(q, tf.gather(fused_table, ids), transpose_b=True), k).indices
 
-    def pq_fn(books, table):
+    def pq_fn(books, table, decode):
         @tf.function(input_signature=[spec_q, spec_ids, tf.TensorSpec(books.shape, tf.float32)])
         def fn(q, ids, codebooks):
-            return tf.math.top_k(pq_scores(q, tf.gather(table, ids), codebooks, w), k).indices
+            return tf.math.top_k(pq_scores(q, tf.gather(table, ids), codebooks, w, decode=decode), k).indices
         return fn
 
     def simhash_fn(planes, table):
@@ -217,8 +219,10 @@ def main(argv=None) -> int:
 
     methods = {"exact": (exact_fn, 4 * m * dim), "exact prefused [L, D]": (prefused_fn, 4 * dim)}
     for c, (books, table) in pq_global.items():
-        fn = pq_fn(books, table)
-        methods[f"PQ C={c} (global)"] = ((lambda q, ids, fn=fn, books=books: fn(q, ids, books)), m * c)
+        for decode, label in ((True, f"PQ C={c} (global)"), (False, f"PQ C={c} ADC (global)")):
+            fn = pq_fn(books, table, decode)
+            methods[label] = ((lambda q, ids, fn=fn, books=books: fn(q, ids, books)), m * c)
+        offline[f"PQ C={c} ADC (global)"] = offline[f"PQ C={c} (global)"]
     for b, (planes, table) in simhash.items():
         methods[f"SimHash {b} bits"] = (simhash_fn(planes, table), m * b // 8)
 

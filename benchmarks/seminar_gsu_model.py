@@ -6,7 +6,8 @@ the model's ranking quality (test split, 1 + 99 sampled negatives, recommendatio
 GSUs (all select K of the valid history steps per head, for the query q'_h = W_K^T (W_Q t + b_Q)):
   exact        top-K of q'_h . x_l (the model's own GSU)
   PQ C=c       the in-graph multi-modal PQ GSU (`with_pq_gsu`: k-means codebooks on the model's item and query
-               tables, c sub-spaces x 256 codewords, ADC per request): what the export serves
+               tables, c sub-spaces x 256 codewords; per-row histories by ADC lookup tables, a history shared
+               by the B candidates of a rank request decoded + one matmul): what the export serves
   SimHash b    top-K by equal bits of b-bit SimHash signatures of q'_h and x_l (ETA's search, random hyperplanes)
   ScaNN        one searcher per test history over its valid x_l (AH 2-dim blocks + exact reorder of 4K; a tree
                of sqrt(n) leaves searched half-way only over 2,000 steps), queried with q'_h

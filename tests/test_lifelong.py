@@ -344,6 +344,46 @@ def test_export_serves_the_pq_gsu_with_parity(seminar_run, tmp_path):
     assert "pq_codebooks" not in saved(exact)
 
 
+@pytest.mark.parametrize("gsu", ["exact", "pq"])
+def test_rank_feeds_the_history_once_and_matches_the_merged_examples(seminar_run, tmp_path, gsu):
+    """The rank signature gives a seminar model its context once ([1, L] history): the ESU broadcasts it against
+    the B candidates (shared K/V projections, broadcast PQ codes) and scores equal serving_default's on the
+    merged examples; a candidate that brings its own history still gets it."""
+    from training.exporting import export_run, validation_records
+    from training.trainer import load_run
+
+    _, data, model = load_run(seminar_run, log=lambda *_: None)
+    assert model.broadcasts_context
+    version = export_run(seminar_run, f"sem_{gsu}", tmp_path / "sm", warmup=0, parity_rows=8, gsu=gsu,
+                         pq_subspaces=8, log=lambda *_: None)
+    sigs = tf.saved_model.load(str(version)).signatures
+    records = [tf.train.Example.FromString(r) for r in validation_records(data, 40)]
+    context = max(records, key=lambda e: len(e.features.feature["hist_movie_id"].int64_list.value))
+    assert len(context.features.feature["hist_movie_id"].int64_list.value) > 8     # longer than top_k
+    item = data.spec.keys["item"]
+    candidates = []
+    for i, ex in enumerate(records[:7]):
+        cand = tf.train.Example()
+        cand.features.feature[item].CopyFrom(ex.features.feature[item])
+        if i == 3:                                   # this one brings its own history (and length)
+            for key in ("hist_movie_id", "hist_query", "history_len"):
+                if key in ex.features.feature:
+                    cand.features.feature[key].CopyFrom(ex.features.feature[key])
+        candidates.append(cand.SerializeToString())
+    ctx = context.SerializeToString()
+    ranked = sigs["rank"](context=tf.constant(ctx), candidates=tf.constant(candidates))["click"].numpy()
+    direct = sigs["serving_default"](examples=tf.constant([ctx + c for c in candidates]))["click"].numpy()
+    assert ranked.shape == (7,) and np.ptp(ranked) > 0
+    np.testing.assert_allclose(ranked, direct, atol=1e-5)
+    # candidates that only name items: the [1, L] path (no candidate has a history key)
+    plain = [c for i, c in enumerate(candidates) if i != 3]
+    ranked = sigs["rank"](context=tf.constant(ctx), candidates=tf.constant(plain))["click"].numpy()
+    direct = sigs["serving_default"](examples=tf.constant([ctx + c for c in plain]))["click"].numpy()
+    np.testing.assert_allclose(ranked, direct, atol=1e-5)
+    one = sigs["rank"](context=tf.constant(ctx), candidates=tf.constant(plain[:1]))["click"].numpy()
+    np.testing.assert_allclose(one, direct[:1], atol=1e-5)
+
+
 def test_served_seminar_answers_the_stock_grpc_client(seminar_run, tmp_path):
     import grpc
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc

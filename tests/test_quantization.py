@@ -50,6 +50,9 @@ def test_adc_scores_equal_inner_product_with_decoded_vectors():
                                np.einsum("bhd,bld->bhl", heads, decoded), atol=1e-5)
     np.testing.assert_allclose(pq_scores(heads, codes[0], books).numpy(),
                                np.einsum("bhd,ld->bhl", heads, decoded[0]), atol=1e-5)
+    # shared codes: decode + matmul (the default) and lookup tables give the same scores
+    np.testing.assert_allclose(pq_scores(heads, codes[0], books, decode=False).numpy(),
+                               np.einsum("bhd,ld->bhl", heads, decoded[0]), atol=1e-5)
 
 
 def test_multimodal_weighting():
@@ -63,6 +66,8 @@ def test_multimodal_weighting():
     want = np.einsum("m,bd,blmd->bl", weights, query, decoded)
     np.testing.assert_allclose(pq_scores(query, codes, books, tf.constant(weights)).numpy(), want, atol=1e-5)
     np.testing.assert_allclose(pq_scores(query, codes[1], books, weights).numpy()[1], want[1], atol=1e-5)
+    np.testing.assert_allclose(pq_scores(query, codes[1], books, weights, decode=False).numpy()[1], want[1],
+                               atol=1e-5)
     # the weights may be a trainable variable: gradients reach them
     w = tf.Variable(weights)
     with tf.GradientTape() as tape:

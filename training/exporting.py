@@ -62,20 +62,26 @@ def export_run(run_dir: str | Path, name: str, base_dir: str | Path = "saved_mod
     exp, data, model = load_run(run_dir, log)
     if gsu not in ("auto", "exact", "pq"):
         raise ValueError(f"gsu must be auto, exact or pq, got {gsu!r}")
-    from tfrec_zoo.models.seminar import PQ_GSU_MODELS, with_pq_gsu
+    from tfrec_zoo.models.seminar import PQ_GSU_MODELS, SERVING_TABLES_MODELS, with_pq_gsu, with_serving_tables
 
     if gsu == "pq" and exp.model not in PQ_GSU_MODELS:
         raise ValueError(f"{run_dir}: --gsu pq approximates the GSU of {'/'.join(PQ_GSU_MODELS)}, not {exp.model}")
+    params = exp.params
     if exp.model in PQ_GSU_MODELS and gsu in ("auto", "pq"):
-        model, _ = with_pq_gsu(model, data.spec, data.artifacts, exp.model, exp.params, subspaces=pq_subspaces)
+        model, _ = with_pq_gsu(model, data.spec, data.artifacts, exp.model, params, subspaces=pq_subspaces)
+        params = {**params, "pq_subspaces": pq_subspaces}
         log(f"GSU: multi-modal PQ, {pq_subspaces} sub-spaces x 256 codewords (codes of every item and query)")
     records = validation_records(data, max(warmup, parity_rows))
     if is_retrieval(model):
         return export_retrieval_run(model, data, name, base_dir, records, keep=keep, warmup=warmup, k=k,
                                     scann=scann, log=log)
-    version_dir = export_model(model, data.spec, base_dir, name, warmup_examples=records[:warmup], keep=keep)
     feats = parse_features(data.spec, tf.constant(records), list(model.input_names))
+    # the parity reference is the model as trained (or with its PQ GSU), before any serving-only rewrite
     expected = {k: np.asarray(v) for k, v in model(feats, training=False).items()}
+    if exp.model in SERVING_TABLES_MODELS:
+        model = with_serving_tables(model, data.spec, data.artifacts, exp.model, params)
+        log("modality tables precomputed for serving")
+    version_dir = export_model(model, data.spec, base_dir, name, warmup_examples=records[:warmup], keep=keep)
     worst = _check_parity(version_dir, expected, records)
     log(f"exported {version_dir} (signatures serving_default, rank, predict_raw; outputs {sorted(expected)}; "
         f"{min(warmup, len(records))} warmup examples); fresh-process parity on {len(records)} validation examples: "

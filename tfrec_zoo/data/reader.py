@@ -123,12 +123,15 @@ def parse_batch(spec: FeatureSpec, serialized, with_weights: bool | None = None,
     return _from_raw(spec, tf.io.parse_example(serialized, desc), desc, with_weights, features, labels)
 
 
-def parse_ranking_request(spec: FeatureSpec, context, candidates, features: Collection[str] | None = None) -> dict:
+def parse_ranking_request(spec: FeatureSpec, context, candidates, features: Collection[str] | None = None,
+                          broadcast: bool = True) -> dict:
     """The `rank` signature's parsing: one context tf.Example (scalar string) + B candidate tf.Examples -> the
     features of the B merged examples, equal to `parse_features` of each candidate's bytes appended to the
     context's (a key the candidate has values for replaces the context's). The context (the long history) is
     parsed and padded once, [1, ...], and broadcast at the end: parsing it B times was half of a SEMINAR rank
-    request. A required feature neither side has fails as parsing does, naming it."""
+    request. A required feature neither side has fails as parsing does, naming it. `broadcast=False` leaves a
+    feature no candidate has at [1, ...] (for models that score B rows against one context: `broadcasts_context`).
+    """
     tf = _tf()
     desc = parse_spec_features(spec, features, labels=False)
     as_ragged = {k: tf.io.RaggedFeature(d.dtype) for k, d in desc.items()}
@@ -154,8 +157,9 @@ def parse_ranking_request(spec: FeatureSpec, context, candidates, features: Coll
                 tf.where(own, cand_len[key], ctx_len[key]), tf.constant(width, tf.int64),
                 message=f"rank: feature {key!r} needs {width} value(s) per candidate (in the candidate or the "
                         "context example)"))
-        own = tf.reshape(own, [-1] + [1] * (cand[name].shape.rank - 1))
-        out[name] = tf.where(own, cand[name], ctx[name])   # [1, ...] context broadcast to the B candidates
+        picked = (lambda own=own, name=name: tf.where(tf.reshape(own, [-1] + [1] * (cand[name].shape.rank - 1)),
+                                                      cand[name], ctx[name]))  # [1, ...] context broadcast to B
+        out[name] = picked() if broadcast else tf.cond(tf.reduce_any(own), picked, lambda name=name: ctx[name])
     with tf.control_dependencies(checks):
         return {name: tf.identity(v) for name, v in out.items()}
 

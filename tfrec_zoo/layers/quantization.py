@@ -156,15 +156,19 @@ def exact_scores(query, keys):
     return tf.einsum("bd,bld->bl", query, keys)
 
 
-def pq_scores(query, codes, codebooks, weights=None):
+def pq_scores(query, codes, codebooks, weights=None, decode: bool | None = None):
     """ADC scores: score[b, l] = sum_m w_m sum_c LUT[b, m, c, codes[b, l, m, c]], LUT[b, m, c, k] =
     <query[b, c-th sub-vector], codebooks[m, c, k]>, i.e. <query_b, sum_m w_m decode_m(codes[b, l])>.
 
     query [B, D] float, or [B, H, D]: H queries per row that share the row's codes (attention heads; one gather
     then serves all H); codebooks [C, K, d] (one modality) or [M, C, K, d]; codes (any int dtype, uint8 included)
-    [B, L, C] / [B, L, M, C], or without the batch axis ([L, C] / [L, M, C]: one user's history shared by all B
-    queries, e.g. B candidates of one request); weights [M] (None = all ones). Returns [B, L] float32 ([B, H, L]
-    for [B, H, D] queries).
+    [B, L, C] / [B, L, M, C] (or [1, L, ...], broadcast), or without the batch axis ([L, C] / [L, M, C]: one
+    user's history shared by all B queries, e.g. B candidates of one request); weights [M] (None = all ones).
+    Returns [B, L] float32 ([B, H, L] for [B, H, D] queries).
+
+    `decode` (shared codes only; default: True there) scores by decoding the L codes (L x M x C codeword gathers)
+    and one [B*H, D] x [D, L] matmul instead of B*H*L*M*C table lookups: the same sums in another order (equal
+    to float rounding), and on CPU far cheaper once B*H queries share one history (a rank request: 200 x 4).
     """
     query = tf.convert_to_tensor(query, tf.float32)
     per_head = query.shape.rank == 3
@@ -180,16 +184,23 @@ def pq_scores(query, codes, codebooks, weights=None):
     scale = 1.0 if weights is None else tf.cast(weights, tf.float32)
     index = tf.cast(codes, tf.int32) + tf.reshape(tf.range(m * c, dtype=tf.int32) * k, [m, c])
     # LUTs laid out so that one gathered row holds every query's partial score of one codeword
-    if codes.shape.rank == 3:                          # shared history: rows of B*H scores, [L, M*C, B*H] -> [L, B*H]
+    if codes.shape.rank == 3 and decode is not False:  # shared history, decoded: [L, M, C] -> [L, D] -> matmul
+        steps = tf.gather(tf.reshape(codebooks, [m * c * k, d]), index)            # [L, M, C, d]
+        steps = tf.reduce_sum(tf.reshape(steps, [-1, m, c * d]) * tf.reshape(scale, [1, -1, 1]), axis=1)
+        out = tf.reshape(tf.matmul(tf.reshape(query, [-1, c * d]), steps, transpose_b=True), [b, h, -1])
+    elif codes.shape.rank == 3:                        # shared history, ADC: rows of B*H scores, [L, M*C, B*H]
         lut = tf.einsum("bhcd,mckd->mckbh", query, codebooks)
         lut = tf.reshape(lut * tf.reshape(scale, [-1, 1, 1, 1, 1]), [m * c * k, -1])
         out = tf.reduce_sum(tf.gather(lut, tf.reshape(index, [-1, m * c])), axis=1)
         out = tf.reshape(tf.transpose(out), [b, h, -1])
     else:                                              # per-row histories: rows of H scores, [B, L, M*C, H] -> [B, H, L]
         lut = tf.einsum("bhcd,mckd->bmckh", query, codebooks)
-        lut = tf.reshape(lut * tf.reshape(scale, [1, -1, 1, 1, 1]), [b, m * c * k, h])
-        index = tf.reshape(index, tf.concat([tf.shape(index)[:2], [m * c]], 0))
-        out = tf.transpose(tf.reduce_sum(tf.gather(lut, index, batch_dims=1), axis=2), [0, 2, 1])
+        lut = tf.reshape(lut * tf.reshape(scale, [1, -1, 1, 1, 1]), [-1, h])          # [B*M*C*K, H]
+        # codes [1, L, ...] (one history for the B queries of a rank request) broadcast; row b reads LUT b
+        index = tf.broadcast_to(tf.reshape(index, tf.concat([tf.shape(index)[:2], [m * c]], 0)),
+                                tf.stack([b, tf.shape(index)[1], m * c]))
+        index += tf.reshape(tf.range(b) * (m * c * k), [-1, 1, 1])
+        out = tf.transpose(tf.reduce_sum(tf.gather(lut, index), axis=2), [0, 2, 1])
     return out if per_head else out[:, 0]
 
 

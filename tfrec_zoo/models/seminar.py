@@ -37,6 +37,7 @@ from . import register_model
 from .common import concat, functional_model, head, mlp, target_and_history
 
 GSU_KINDS = ("seminar", "twin", "sim", "eta", "qin", "din", "exact")
+SHARED_CONTEXT_GSUS = ("seminar", "twin", "exact")        # MultiHeadTargetAttention alone: broadcasts a [1, L] history
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class LifelongConfig:
     # sub-spaces x pq_codewords. The codebooks and codes come from a trained model: `with_pq_gsu(model, ...)`
     pq_subspaces: int = 0
     pq_codewords: int = 256
+    # serving: modality tables read from copies filled once (`with_serving_tables`), not recomputed per request
+    serving_tables: bool = False
     # PSU pretraining (model `seminar_psu`): loss = next * BCE + align * L_align + relevance * L_qi
     next_weight: float = 1.0
     align_weight: float = 0.1           # the Amazon script's loss_multimodal_align_weight
@@ -137,7 +140,8 @@ class _Parts:
         parts = [p for p, on in (("gproj", self.cfg.freeze_modality_projection),
                                  ("proj", self.cfg.freeze_input_projection)) if on]
         return ModalityTables(specs, self.cfg.dim, self.cfg.modality_projection, id_emb, frozen, attrs,
-                              art.vocab_size(spec, table), frozen_parts=parts, name=name)
+                              art.vocab_size(spec, table), frozen_parts=parts, cached=self.cfg.serving_tables,
+                              name=name)
 
 
 def _built(embedding):
@@ -206,7 +210,11 @@ def lifelong_network(spec: FeatureSpec, artifacts, cfg: LifelongConfig):
 
 def _build(spec, artifacts, cfg):
     inputs, outputs, _ = lifelong_network(spec, artifacts, cfg)
-    return functional_model(inputs, outputs, f"lifelong_{cfg.gsu}")
+    model = functional_model(inputs, outputs, f"lifelong_{cfg.gsu}")
+    # every layer between the request-level inputs (history, query) and the output broadcasts a batch of one
+    # against B candidates: the rank signature feeds the context once (tfrec_zoo.serving.export)
+    model.broadcasts_context = cfg.gsu in SHARED_CONTEXT_GSUS
+    return model
 
 
 _DOCS = {
@@ -232,6 +240,8 @@ for _name, _cls, _doc in _DOCS.values():
 
 # the models whose GSU `with_pq_gsu` can replace by the PQ one
 PQ_GSU_MODELS = ("seminar", "twin")
+# the models `with_serving_tables` applies to (the PSU is pretraining only)
+SERVING_TABLES_MODELS = tuple(_DOCS)
 # the models that need a lifelong spec (keys.item + keys.query, a history sharing both tables)
 LIFELONG_MODELS = (*_DOCS, "seminar_psu")
 
@@ -251,7 +261,7 @@ def with_pq_gsu(model, spec: FeatureSpec, artifacts, model_name: str, params: di
     precomputed, every other weight copied by name. Returns (pq_model, {"codebooks", "item_codes", "query_codes"}).
     """
     from ..layers.quantization import pq_encode, train_pq_codebooks
-    from . import build_model, model_config
+    from . import model_config
 
     cfg = model_config(model_name, params)
     items = fused_tables(model, "item_modalities")
@@ -262,11 +272,29 @@ def with_pq_gsu(model, spec: FeatureSpec, artifacts, model_name: str, params: di
         books.append(train_pq_codebooks(queries, subspaces, codewords, seed=seed + 1))
         codes["query_codes"] = pq_encode(queries, books[1])
     codebooks = np.stack(books)
-    pq_model = build_model(model_name, spec, artifacts,
-                           {**params, "pq_subspaces": subspaces, "pq_codewords": codewords})
-    source = {v.name: v for v in model.variables}
-    for v in pq_model.variables:
-        if v.name in source:
-            v.assign(source[v.name])
+    pq_model = _rebuilt(model, spec, artifacts, model_name,
+                        {**params, "pq_subspaces": subspaces, "pq_codewords": codewords})
     pq_model.get_layer("esu").set_pq(codebooks, codes["item_codes"], codes["query_codes"])
     return pq_model, {"codebooks": codebooks, **codes}
+
+
+def with_serving_tables(model, spec: FeatureSpec, artifacts, model_name: str, params: dict):
+    """The trained lifelong `model` (built as `model_name` from `params`) with its modality tables computed once
+    and stored (`ModalityTables(cached=True)`), for export: same outputs, no per-request table computation."""
+    served = _rebuilt(model, spec, artifacts, model_name, {**params, "serving_tables": True})
+    for layer in served.layers:
+        if isinstance(layer, ModalityTables):
+            layer.fill_cache()
+    return served
+
+
+def _rebuilt(model, spec: FeatureSpec, artifacts, model_name: str, params: dict):
+    """`model_name` built from `params` with every variable `model` has (by name) copied in."""
+    from . import build_model
+
+    new = build_model(model_name, spec, artifacts, params)
+    source = {v.name: v for v in model.variables}
+    for v in new.variables:
+        if v.name in source:
+            v.assign(source[v.name])
+    return new

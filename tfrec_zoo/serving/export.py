@@ -63,7 +63,15 @@ class ServingModule(tf.Module):
         return self._outputs(parse_features(self._spec, examples, self._features))
 
     def _rank(self, context, candidates):
-        return self._outputs(parse_ranking_request(self._spec, context, candidates, self._features))
+        # a model that `broadcasts_context` gets the request-level features once ([1, ...]): a lifelong model then
+        # builds the history's steps once instead of once per candidate
+        shared = bool(getattr(self.model, "broadcasts_context", False))
+        out = self._outputs(parse_ranking_request(self._spec, context, candidates, self._features,
+                                                  broadcast=not shared))
+        if not shared:
+            return out
+        n = tf.shape(candidates)[:1]       # every output one row per candidate, even when no candidate feature varies
+        return {k: tf.broadcast_to(v, tf.concat([n, tf.shape(v)[1:]], 0)) for k, v in out.items()}
 
     def _predict_raw(self, *tensors):
         return self._outputs(dict(zip(self._features, tensors)))

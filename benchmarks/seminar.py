@@ -63,6 +63,8 @@ def variant_experiment(dataset: str, variant: str, epochs: int | None, seed: int
     exp.params = {**exp.params, **change.get("params", {})}
     if "pretrain" in change:
         exp.pretrain = change["pretrain"]
+        # nothing is restored: a frozen G would stay at its identity init
+        exp.params = {k: v for k, v in exp.params.items() if not k.startswith("freeze_")}
     elif exp.pretrain:
         exp.pretrain = {**exp.pretrain, "params": {**exp.pretrain.get("params", {}),
                                                    **change.get("pretrain_params", {})}}
@@ -73,10 +75,13 @@ def variant_experiment(dataset: str, variant: str, epochs: int | None, seed: int
     return exp
 
 
-def seed_runs(entry: dict | None) -> dict[str, dict]:
+def seed_runs(entry: dict | None, exp=None) -> dict[str, dict]:
     """The per-seed test metrics of one variant (entries written before seeds were recorded hold one run, the
-    experiment's seed 0)."""
+    experiment's seed 0); none when `exp` is given and the entry ran another model / params / pretraining."""
     if not entry:
+        return {}
+    if exp is not None and (entry.get("model"), entry.get("params"), entry.get("pretrain")) != \
+            (exp.model, exp.params, exp.pretrain):
         return {}
     return dict(entry.get("seeds") or {str(entry.get("seed", 0)): entry["metrics"]})
 
@@ -152,7 +157,7 @@ def main() -> int:
             res = train(exp, run_dir, verbose=0, log=lambda *a: print(*a, file=sys.stderr))
             seconds = time.perf_counter() - start
             metrics = {k.split("(")[1].rstrip(")"): v for k, v in res.metrics["test"]["overall"].items()}
-            runs = {**seed_runs(results.get(dataset, {}).get(variant)), str(exp.seed): metrics}
+            runs = {**seed_runs(results.get(dataset, {}).get(variant), exp), str(exp.seed): metrics}
             results.setdefault(dataset, {})[variant] = {"metrics": mean_metrics(runs), "seeds": runs,
                                                         "seconds": seconds, "model": exp.model,
                                                         "params": exp.params, "pretrain": exp.pretrain}

@@ -112,11 +112,12 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_card(text: str, command: str, mark: str = MARK) -> None:
-    """Replace the block between the two `mark` lines of seeds/papers/seminar.md (append it when absent)."""
+def write_card(text: str, command: str, mark: str = MARK, quoted: bool = False) -> None:
+    """Replace the block between the two `mark` lines of seeds/papers/seminar.md (append it when absent), headed by
+    `command` (in backticks unless `quoted`: already formatted)."""
     card = ROOT / "seeds" / "papers" / "seminar.md"
     body = card.read_text()
-    block = f"{mark}\n`{command}`\n\n{text}\n{mark}"
+    block = f"{mark}\n{command if quoted else f'`{command}`'}\n\n{text}\n{mark}"
     if body.count(mark) == 2:
         head, _, rest = body.partition(mark)
         _, _, tail = rest.partition(mark)
@@ -169,7 +170,11 @@ def main() -> int:
     text = table(results)
     print(text)
     if not args.no_card:
-        write_card(text, "python benchmarks/seminar.py --datasets " + " ".join(results))
+        seeds = sorted({int(k) for rows in results.values() for r in rows.values() for k in seed_runs(r)})
+        line = "`python benchmarks/seminar.py --datasets " + " ".join(results) + "`"
+        if len(seeds) > 1:
+            line += f" (seed 0), then with `--seed N` (and `--variants`) for seeds {', '.join(map(str, seeds[1:]))}"
+        write_card(text, line, quoted=True)
     return 0
 
 

@@ -437,3 +437,9 @@ def test_params_the_dataset_rejects_leave_no_run_directory(ml40, seminar_run, tm
     with pytest.raises(ValueError, match=r"bad.yaml: freeze: '\^emb_nope' matches no layer .*emb_movie_id"):
         train(exp, tmp_path / "run2", verbose=0, log=lambda *_: None)
     assert not (tmp_path / "run2").exists()
+    # freezing restored weights when nothing is restored would freeze their initial values
+    exp = parse_experiment({"name": "x", "dataset": str(ml40.path), "model": "seminar",
+                            "params": {"freeze_modality_projection": True}}, "bad.yaml")
+    with pytest.raises(ValueError, match=r"bad.yaml: params: \['freeze_modality_projection'\] .* nothing is restored"):
+        train(exp, tmp_path / "run3", verbose=0, log=lambda *_: None)
+    assert not (tmp_path / "run3").exists()

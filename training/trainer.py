@@ -147,6 +147,11 @@ def train(exp: Experiment, run_dir: str | Path, *, strategy=None, verbose: int =
           evaluate: bool = True, callbacks: list | None = None) -> RunResult:
     """Fit `exp` into `run_dir` (resuming from run_dir/backup if a previous attempt was cut short)."""
     run_dir = Path(run_dir)
+    frozen = sorted(k for k, v in exp.params.items() if k.startswith("freeze_") and v)
+    if frozen and not (exp.restore or exp.pretrain):
+        raise ModelBuildError(f"{exp.source}: params: {frozen} keep restored weights fixed while fine-tuning, but "
+                              "nothing is restored (no `pretrain:` or `restore:`): they would stay at their initial "
+                              "values; set them false")
     # the dataset first: a wrong `dataset:` fails before a run directory is created
     data = resolve_dataset(exp.dataset, log)
     new_dir = not run_dir.exists()

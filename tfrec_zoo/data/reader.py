@@ -128,8 +128,7 @@ def parse_ranking_request(spec: FeatureSpec, context, candidates, features: Coll
     """The `rank` signature's parsing: one context tf.Example (scalar string) + B candidate tf.Examples -> the
     features of the B merged examples, equal to `parse_features` of each candidate's bytes appended to the
     context's (a key the candidate has values for replaces the context's). The context (the long history) is
-    parsed and padded once, [1, ...], and broadcast at the end: parsing it B times was half of a SEMINAR rank
-    request. A required feature neither side has fails as parsing does, naming it. `broadcast=False` leaves a
+    parsed and padded once, [1, ...], and broadcast at the end instead of parsed B times. A required feature neither side has fails as parsing does, naming it. `broadcast=False` leaves a
     feature no candidate has at [1, ...] (for models that score B rows against one context: `broadcasts_context`).
     """
     tf = _tf()

@@ -273,8 +273,8 @@ class ModalityTables(keras.layers.Layer):
     Each modality is then multiplied by its G projection (D x D, identity init) when `modality_projection`, and the
     fused vector is the softmax-gated sum (one logit per modality, as SEMINAR's global gate).
     `cached` (serving): the [V, D] tables are read from non-trainable copies filled once by `fill_cache()` after
-    the weights are final, instead of recomputed per call (7 ms of a 20 ms SEMINAR rank request on ml-latest-small:
-    9,125 titles x 384 x 64 per call).
+    the weights are final, instead of recomputed per call (ml-latest-small: 9,125 titles x 384 x 64 multiply-adds
+    per request).
     `frozen_parts` makes weights non-trainable from the start (restore-by-name still fills them), as the official
     code's fine-tuning options: "gproj" (G, `freeze_psu_projection`), "proj" (the side features' d -> D projections,
     `freeze_multi_modal_projection`). The id / attribute embeddings are sub-layers: freeze them by name (`^emb_`).

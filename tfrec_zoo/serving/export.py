@@ -7,8 +7,8 @@ Signatures (inputs -> one output per task, named by the task; binary/regression 
                      + `candidates`: DT_STRING [-1] (one tf.Example per candidate with the item-side features):
                      one request scores N candidates for one user. Each candidate scores as the merged example
                      its serialized bytes appended to the context's would be (a key the candidate has values
-                     for replaces the context's), but the context is parsed once, not N times (a 1,000-step
-                     history parsed 200 times was half of a SEMINAR rank request's time).
+                     for replaces the context's), but the context is parsed once, not N times; models that
+                     `broadcasts_context` (seminar, twin) get its features at [1, ...].
 * `predict_raw`      the model's raw tensors (ids, floats, padded sequences + `<name>_len` lengths).
 
 The version is written into a temporary directory beside the target and renamed at the end, so a failed export

@@ -384,6 +384,36 @@ def test_rank_feeds_the_history_once_and_matches_the_merged_examples(seminar_run
     np.testing.assert_allclose(one, direct[:1], atol=1e-5)
 
 
+@pytest.mark.parametrize("name, params", [("twin", {}), ("seminar", {"use_query": False}), ("sim", {}),
+                                          ("lifelong_din", {})])
+def test_rank_matches_merged_examples_for_every_context_path(ml40, tmp_path, name, params):
+    """Shared-context models (twin, a query-less seminar) and per-row ones (sim, lifelong_din), with cached tables:
+    `rank` scores equal serving_default's on the merged examples."""
+    from tfrec_zoo.models.seminar import with_serving_tables
+    from tfrec_zoo.serving.export import export_model
+    from training.exporting import validation_records
+
+    params = {"dim": 8, "heads": 2, "top_k": 4, **params}
+    model = build_model(name, ml40.spec, ml40.artifacts, params)
+    assert model.broadcasts_context == (name in ("twin", "seminar"))
+    served = with_serving_tables(model, ml40.spec, ml40.artifacts, name, params)
+    version = export_model(served, ml40.spec, tmp_path, name, keep=1)
+    sigs = tf.saved_model.load(str(version)).signatures
+    records = [tf.train.Example.FromString(r) for r in validation_records(ml40, 40)]
+    context = max(records, key=lambda e: len(e.features.feature["hist_movie_id"].int64_list.value))
+    assert len(context.features.feature["hist_movie_id"].int64_list.value) > 4
+    candidates = []
+    for ex in records[:6]:
+        cand = tf.train.Example()
+        cand.features.feature["movie_id"].CopyFrom(ex.features.feature["movie_id"])
+        candidates.append(cand.SerializeToString())
+    ctx = context.SerializeToString()
+    ranked = sigs["rank"](context=tf.constant(ctx), candidates=tf.constant(candidates))["click"].numpy()
+    direct = sigs["serving_default"](examples=tf.constant([ctx + c for c in candidates]))["click"].numpy()
+    assert ranked.shape == (6,) and np.ptp(ranked) > 0
+    np.testing.assert_allclose(ranked, direct, atol=1e-6)
+
+
 def test_served_seminar_answers_the_stock_grpc_client(seminar_run, tmp_path):
     import grpc
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc

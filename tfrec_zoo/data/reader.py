@@ -128,8 +128,9 @@ def parse_ranking_request(spec: FeatureSpec, context, candidates, features: Coll
     """The `rank` signature's parsing: one context tf.Example (scalar string) + B candidate tf.Examples -> the
     features of the B merged examples, equal to `parse_features` of each candidate's bytes appended to the
     context's (a key the candidate has values for replaces the context's). The context (the long history) is
-    parsed and padded once, [1, ...], and broadcast at the end instead of parsed B times. A required feature neither side has fails as parsing does, naming it. `broadcast=False` leaves a
-    feature no candidate has at [1, ...] (for models that score B rows against one context: `broadcasts_context`).
+    parsed and padded once, [1, ...], and broadcast at the end instead of parsed B times. A required feature
+    neither side has fails as parsing does, naming it. `broadcast=False` leaves a feature no candidate has at
+    [1, ...] (for models that score B rows against one context: `broadcasts_context`).
     """
     tf = _tf()
     desc = parse_spec_features(spec, features, labels=False)
@@ -140,9 +141,7 @@ def parse_ranking_request(spec: FeatureSpec, context, candidates, features: Coll
         lengths = {k: tf.cast(raw[k].row_lengths(), tf.int64) for k in desc}
         for key, d in desc.items():
             if isinstance(d, tf.io.FixedLenFeature):     # absent here (zeros) when the other side has it
-                shape = [int(x) for x in d.shape]
-                width = int(np.prod(shape)) if shape else 1
-                raw[key] = tf.reshape(raw[key].to_tensor(shape=[None, width]), [-1] + shape)
+                raw[key] = tf.reshape(raw[key].to_tensor(shape=[None, _width(d)]), [-1] + [int(x) for x in d.shape])
         sides.append((_from_raw(spec, raw, desc, None, features, False), lengths))
     (ctx, ctx_len), (cand, cand_len) = sides
     out, checks = {}, []
@@ -151,7 +150,7 @@ def parse_ranking_request(spec: FeatureSpec, context, candidates, features: Coll
             continue
         own = cand_len[key] > 0                            # the candidate's values win, as in a merged example
         if name == key and isinstance(desc[key], tf.io.FixedLenFeature):
-            width = int(np.prod([int(x) for x in desc[key].shape])) if desc[key].shape else 1
+            width = _width(desc[key])
             checks.append(tf.debugging.assert_equal(
                 tf.where(own, cand_len[key], ctx_len[key]), tf.constant(width, tf.int64),
                 message=f"rank: feature {key!r} needs {width} value(s) per candidate (in the candidate or the "
@@ -161,6 +160,11 @@ def parse_ranking_request(spec: FeatureSpec, context, candidates, features: Coll
         out[name] = picked() if broadcast else tf.cond(tf.reduce_any(own), picked, lambda name=name: ctx[name])
     with tf.control_dependencies(checks):
         return {name: tf.identity(v) for name, v in out.items()}
+
+
+def _width(fixed) -> int:
+    """The number of values a FixedLenFeature holds (1 for a scalar)."""
+    return int(np.prod([int(x) for x in fixed.shape])) if fixed.shape else 1
 
 
 def _raw_keys(spec: FeatureSpec, desc: dict) -> dict[str, str]:

@@ -183,11 +183,11 @@ def pq_scores(query, codes, codebooks, weights=None, decode: bool | None = None)
     query = tf.reshape(query, [b, h, c, d])
     scale = 1.0 if weights is None else tf.cast(weights, tf.float32)
     index = tf.cast(codes, tf.int32) + tf.reshape(tf.range(m * c, dtype=tf.int32) * k, [m, c])
-    # LUTs laid out so that one gathered row holds every query's partial score of one codeword
     if codes.shape.rank == 3 and decode is not False:  # shared history, decoded: [L, M, C] -> [L, D] -> matmul
         steps = tf.gather(tf.reshape(codebooks, [m * c * k, d]), index)            # [L, M, C, d]
         steps = tf.reduce_sum(tf.reshape(steps, [-1, m, c * d]) * tf.reshape(scale, [1, -1, 1]), axis=1)
         out = tf.reshape(tf.matmul(tf.reshape(query, [-1, c * d]), steps, transpose_b=True), [b, h, -1])
+    # ADC: each LUT laid out so that one gathered row holds every query's partial score of one codeword
     elif codes.shape.rank == 3:                        # shared history, ADC: rows of B*H scores, [L, M*C, B*H]
         lut = tf.einsum("bhcd,mckd->mckbh", query, codebooks)
         lut = tf.reshape(lut * tf.reshape(scale, [-1, 1, 1, 1, 1]), [m * c * k, -1])

@@ -344,6 +344,13 @@ def test_export_serves_the_pq_gsu_with_parity(seminar_run, tmp_path):
     assert "pq_codebooks" not in saved(exact)
 
 
+def _rank_and_merged(sigs, context: bytes, candidates: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """(`rank` scores of the candidates for the context, serving_default's on context + candidate bytes)."""
+    ranked = sigs["rank"](context=tf.constant(context), candidates=tf.constant(candidates))["click"].numpy()
+    direct = sigs["serving_default"](examples=tf.constant([context + c for c in candidates]))["click"].numpy()
+    return ranked, direct
+
+
 @pytest.mark.parametrize("gsu", ["exact", "pq"])
 def test_rank_feeds_the_history_once_and_matches_the_merged_examples(seminar_run, tmp_path, gsu):
     """The rank signature gives a seminar model its context once ([1, L] history): the ESU broadcasts it against
@@ -371,14 +378,12 @@ def test_rank_feeds_the_history_once_and_matches_the_merged_examples(seminar_run
                     cand.features.feature[key].CopyFrom(ex.features.feature[key])
         candidates.append(cand.SerializeToString())
     ctx = context.SerializeToString()
-    ranked = sigs["rank"](context=tf.constant(ctx), candidates=tf.constant(candidates))["click"].numpy()
-    direct = sigs["serving_default"](examples=tf.constant([ctx + c for c in candidates]))["click"].numpy()
+    ranked, direct = _rank_and_merged(sigs, ctx, candidates)
     assert ranked.shape == (7,) and np.ptp(ranked) > 0
     np.testing.assert_allclose(ranked, direct, atol=1e-5)
     # candidates that only name items: the [1, L] path (no candidate has a history key)
     plain = [c for i, c in enumerate(candidates) if i != 3]
-    ranked = sigs["rank"](context=tf.constant(ctx), candidates=tf.constant(plain))["click"].numpy()
-    direct = sigs["serving_default"](examples=tf.constant([ctx + c for c in plain]))["click"].numpy()
+    ranked, direct = _rank_and_merged(sigs, ctx, plain)
     np.testing.assert_allclose(ranked, direct, atol=1e-5)
     one = sigs["rank"](context=tf.constant(ctx), candidates=tf.constant(plain[:1]))["click"].numpy()
     np.testing.assert_allclose(one, direct[:1], atol=1e-5)
@@ -407,9 +412,7 @@ def test_rank_matches_merged_examples_for_every_context_path(ml40, tmp_path, nam
         cand = tf.train.Example()
         cand.features.feature["movie_id"].CopyFrom(ex.features.feature["movie_id"])
         candidates.append(cand.SerializeToString())
-    ctx = context.SerializeToString()
-    ranked = sigs["rank"](context=tf.constant(ctx), candidates=tf.constant(candidates))["click"].numpy()
-    direct = sigs["serving_default"](examples=tf.constant([ctx + c for c in candidates]))["click"].numpy()
+    ranked, direct = _rank_and_merged(sigs, context.SerializeToString(), candidates)
     assert ranked.shape == (6,) and np.ptp(ranked) > 0
     np.testing.assert_allclose(ranked, direct, atol=1e-6)
 

@@ -3,7 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# TFRS needs Keras 2: set before tf.keras is first touched (tfrec_zoo also fails fast without it).
+# tf_keras (Keras 2), which tensorflow-recommenders 0.7.7 and the models need: set before tf.keras is first touched
+# (tfrec_zoo also fails fast without it).
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 

@@ -124,7 +124,7 @@ def model_gsu_quality(run_dir: str | Path, *, subspaces=(8, 16, 32), simhash_bit
     record("exact", scorer=model)
     for c in subspaces:
         start = time.perf_counter()
-        pq_model, _ = with_pq_gsu(model, data.spec, data.artifacts, exp.model, exp.params, subspaces=c)
+        pq_model, _ = with_pq_gsu(model, data.artifacts, subspaces=c)
         record(f"PQ C={c}", scorer=pq_model, seconds=time.perf_counter() - start)
     for bits in simhash_bits:
         record(f"SimHash {bits} bits", sel_fn=_simhash(bits, int(q.shape[-1])))

@@ -177,8 +177,8 @@ def seminar_rank(args) -> int:
         raise SystemExit("--part seminar needs --seminar-run RUN_DIR (a trained seminar run)")
     exp, data, _ = load_run(args.seminar_run, log=lambda *a: None)
     base = Path(tempfile.mkdtemp(prefix="tfrec_seminar_serving_"))
-    versions = {gsu: export_run(args.seminar_run, f"seminar_{gsu}", base, warmup=4, parity_rows=32, gsu=gsu,
-                                log=lambda *a: None) for gsu in ("exact", "pq")}
+    versions = {gsu: export_run(args.seminar_run, f"seminar_{gsu}", base, warmup=4, parity_rows=32,
+                                options={"gsu": gsu}, log=lambda *a: None) for gsu in ("exact", "pq")}
     item = data.spec.keys["item"]
     records = [r.numpy() for r in tf.data.TFRecordDataset([str(f) for f in data.files("test")],
                                                           data.manifest.get("compression", "GZIP"))]

@@ -55,8 +55,9 @@ def trained_vectors(dim: int, epochs: int, log) -> tuple[np.ndarray, np.ndarray,
         return None
     from tfrec_zoo.data import open_dataset
     from tfrec_zoo.data.builders import build
-    from tfrec_zoo.models.two_tower import item_embeddings
-    from training.retrieval import _first_rows, read_columns, train_two_tower
+    from tfrec_zoo.retrieval import item_embeddings
+    from training.fit import fit_model
+    from training.retrieval import _first_rows, read_columns
 
     path = default_data_dir() / "amazon-book"
     if not (path / "manifest.json").exists():
@@ -64,8 +65,8 @@ def trained_vectors(dim: int, epochs: int, log) -> tuple[np.ndarray, np.ndarray,
         build("amazon-book", path, progress=False, log=log)
     data = open_dataset(path)
     t0 = time.perf_counter()
-    model, hist = train_two_tower(data, info["config"], epochs=epochs, batch_size=info["batch_size"],
-                                  learning_rate=info["learning_rate"], verbose=0)
+    model, hist = fit_model("two_tower", data, info["config"], drop_remainder=True, epochs=epochs,
+                            batch_size=info["batch_size"], learning_rate=info["learning_rate"], verbose=0)
     train_s = time.perf_counter() - t0
     _, items = item_embeddings(model, data.artifacts)
     cols = read_columns(data, "test", model.query_inputs + ["user_id"])

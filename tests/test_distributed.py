@@ -63,7 +63,7 @@ def checkpoint_iterations(ckpt: Path) -> int:
 def assert_one_final_run(run: Path):
     """Exactly one model and one checkpoint per epoch, written by the chief; no worker temp dirs left."""
     top = sorted(p.name for p in run.iterdir())
-    assert top == ["backup", "checkpoints", "config.yaml", "distributed.json", "history.csv", "logs",
+    assert top == ["DONE", "backup", "checkpoints", "config.yaml", "distributed.json", "history.csv", "logs",
                    *(["metrics.json"] if (run / "metrics.json").exists() else []), "model",
                    *(["summary.md"] if (run / "summary.md").exists() else [])], top
     assert (run / "model" / "saved_model.pb").exists()

@@ -12,9 +12,9 @@ from tfrec_zoo.data.builders import build
 from tfrec_zoo.data.reader import parse_features
 from tfrec_zoo.retrieval import brute_force_topk_model
 from tfrec_zoo.serving.export import export_retrieval
-from tfrec_zoo.models.two_tower import item_embeddings
+from tfrec_zoo.retrieval import item_embeddings
 from training.exporting import fresh_process_outputs, validation_records
-from training.retrieval import train_two_tower
+from training.fit import fit_model
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,8 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("retr")
     build("ml-latest-small", root / "ml60", progress=False, log=lambda *_: None, options={"max_users": 60})
     data = open_dataset(root / "ml60")
-    model, _ = train_two_tower(data, {"query_features": ["history"], "output_dim": 16, "query_units": [32]},
-                               epochs=2, batch_size=256, verbose=0)
+    model, _ = fit_model("two_tower", data, {"query_features": ["history"], "output_dim": 16, "query_units": [32]},
+                         drop_remainder=True, epochs=2, batch_size=256, verbose=0)
     records = validation_records(data, 12)
     paths = export_retrieval(model, data.spec, data.artifacts, root / "saved_models", "tt", k=10,
                              warmup_examples=records[:4])

@@ -210,13 +210,12 @@ def test_built_dataset_has_side_tables_and_protocol(ml40):
 
 @pytest.mark.parametrize("name", ["seminar", "twin", "sim", "eta", "qin", "lifelong_din"])
 def test_every_lifelong_model_trains_and_ranks(ml40, name):
-    from tfrec_zoo.models.common import task_losses
     from training.ranking import evaluate_sampled
 
     tf.keras.utils.set_random_seed(0)
     model = build_model(name, ml40.spec, ml40.artifacts, {"dim": 16, "heads": 2, "top_k": 8})
     assert set(model.input_names) == {"movie_id", "query", "hist_movie_id", "hist_query", "history_len"}
-    model.compile(keras.optimizers.Adam(1e-3), task_losses(ml40.spec)[0])
+    model.compile(keras.optimizers.Adam(1e-3))
     h = model.fit(ml40.dataset("train", 64, features=list(model.input_names)), epochs=1, verbose=0)
     assert np.isfinite(h.history["loss"][0])
     r = evaluate_sampled(model, ml40, "test", max_rows=16)
@@ -266,7 +265,7 @@ def test_pretrain_then_finetune_from_one_experiment(ml40, tmp_path):
     assert any(w is pre.proj["title"][0] for w in psu.trainable_weights)
     assert not np.allclose(fine.gproj["title"].numpy(), pre.gproj["title"].numpy())
     hist = (run / "pretrain" / "history.csv").read_text().splitlines()[0]
-    assert "loss_align" in hist and "loss_relevance" in hist
+    assert "align_loss" in hist and "relevance_loss" in hist and "click_loss" in hist
     assert set(result.metrics["test"]["overall"]) == {"click (recommendation)", "click (search)"}
     # the run reloads (rebuilt from its config + weights) with the same predictions
     _, data, model = load_run(run, log=lambda *_: None)
@@ -315,7 +314,7 @@ def test_pq_gsu_recall_against_exact(seminar_run):
     from training.trainer import load_run
 
     exp, data, model = load_run(seminar_run, log=lambda *_: None)
-    pq_model, tables = with_pq_gsu(model, data.spec, data.artifacts, exp.model, exp.params, subspaces=8)
+    pq_model, tables = with_pq_gsu(model, data.artifacts, subspaces=8)
     assert tables["item_codes"].shape == (data.artifacts.vocab_size(data.spec, "movie_id"), 8)
     x = next(iter(data.dataset("test", 32, features=list(model.input_names))))[0]
     picks = []
@@ -332,15 +331,15 @@ def test_pq_gsu_recall_against_exact(seminar_run):
 def test_export_serves_the_pq_gsu_with_parity(seminar_run, tmp_path):
     from training.exporting import export_run
 
-    version = export_run(seminar_run, "sem", tmp_path / "sm", warmup=4, parity_rows=32, pq_subspaces=8,
-                         log=lambda *_: None)
+    version = export_run(seminar_run, "sem", tmp_path / "sm", warmup=4, parity_rows=32,
+                         options={"pq_subspaces": 8}, log=lambda *_: None)
     def saved(path):  # the checkpoint keys of an export (object paths end in the weight attributes' names)
         return " ".join(n for n, _ in tf.train.list_variables(str(Path(path) / "variables" / "variables")))
 
     assert all(w in saved(version) for w in ("pq_codebooks", "pq_item_codes", "pq_query_codes"))
     assert set(tf.saved_model.load(str(version)).signatures) == {"serving_default", "rank", "predict_raw"}
-    exact = export_run(seminar_run, "sem_exact", tmp_path / "sm", warmup=0, parity_rows=8, gsu="exact",
-                       log=lambda *_: None)
+    exact = export_run(seminar_run, "sem_exact", tmp_path / "sm", warmup=0, parity_rows=8,
+                       options={"gsu": "exact"}, log=lambda *_: None)
     assert "pq_codebooks" not in saved(exact)
 
 
@@ -361,8 +360,8 @@ def test_rank_feeds_the_history_once_and_matches_the_merged_examples(seminar_run
 
     _, data, model = load_run(seminar_run, log=lambda *_: None)
     assert model.broadcasts_context
-    version = export_run(seminar_run, f"sem_{gsu}", tmp_path / "sm", warmup=0, parity_rows=8, gsu=gsu,
-                         pq_subspaces=8, log=lambda *_: None)
+    version = export_run(seminar_run, f"sem_{gsu}", tmp_path / "sm", warmup=0, parity_rows=8,
+                         options={"gsu": gsu, "pq_subspaces": 8}, log=lambda *_: None)
     sigs = tf.saved_model.load(str(version)).signatures
     records = [tf.train.Example.FromString(r) for r in validation_records(data, 40)]
     context = max(records, key=lambda e: len(e.features.feature["hist_movie_id"].int64_list.value))
@@ -401,7 +400,7 @@ def test_rank_matches_merged_examples_for_every_context_path(ml40, tmp_path, nam
     params = {"dim": 8, "heads": 2, "top_k": 4, **params}
     model = build_model(name, ml40.spec, ml40.artifacts, params)
     assert model.broadcasts_context == (name in ("twin", "seminar"))
-    served = with_serving_tables(model, ml40.spec, ml40.artifacts, name, params)
+    served = with_serving_tables(model, ml40.artifacts)
     version = export_model(served, ml40.spec, tmp_path, name, keep=1)
     sigs = tf.saved_model.load(str(version)).signatures
     records = [tf.train.Example.FromString(r) for r in validation_records(ml40, 40)]
@@ -425,8 +424,8 @@ def test_served_seminar_answers_the_stock_grpc_client(seminar_run, tmp_path):
     from training.exporting import export_run, fresh_process_outputs, validation_records
     from training.trainer import load_run
 
-    version = export_run(seminar_run, "sem", tmp_path / "sm", warmup=4, parity_rows=8, pq_subspaces=8,
-                         log=lambda *_: None)
+    version = export_run(seminar_run, "sem", tmp_path / "sm", warmup=4, parity_rows=8,
+                         options={"pq_subspaces": 8}, log=lambda *_: None)
     _, data, _ = load_run(seminar_run, log=lambda *_: None)
     records = validation_records(data, 6)
     expected = fresh_process_outputs(version, records)
@@ -439,19 +438,22 @@ def test_served_seminar_answers_the_stock_grpc_client(seminar_run, tmp_path):
     np.testing.assert_allclose(tf.make_ndarray(resp.outputs["click"]), expected["click"], atol=1e-5)
 
 
-@pytest.mark.parametrize("weights, zero", [({"align_weight": 0.0}, "loss_align"),
-                                           ({"relevance_weight": 0.0}, "loss_relevance")])
-def test_psu_objectives_switch_off(ml40, weights, zero):
-    from tfrec_zoo.models.common import task_losses
-
+@pytest.mark.parametrize("weights, losses, zero", [({"align_weight": 0.0}, {}, "align_loss"),
+                                                   ({}, {"relevance": 0.0}, "relevance_loss")])
+def test_psu_objectives_switch_off(ml40, weights, losses, zero):
+    """An auxiliary loss weighted 0 (by the model's params or the experiment's `losses:`) is not computed."""
     tf.keras.utils.set_random_seed(0)
     psu = build_model("seminar_psu", ml40.spec, ml40.artifacts, {"dim": 8, "heads": 1, "top_k": 4, "aux_steps": 32,
                                                                  **weights})
-    psu.compile(keras.optimizers.Adam(1e-3), task_losses(ml40.spec)[0])
+    psu.set_loss_weights(losses)
+    psu.compile(keras.optimizers.Adam(1e-3))
     h = psu.fit(ml40.dataset("train", 64, features=list(psu.input_names)).take(2), epochs=1, verbose=0).history
-    assert h[zero][0] == 0.0
-    other = {"loss_align", "loss_relevance"} - {zero}
+    assert zero not in h
+    other = {"align_loss", "relevance_loss"} - {zero}
     assert all(h[o][0] > 0 for o in other)       # the other contrastive objective is computed (InfoNCE > 0)
+    # the total is the weighted sum: next-pair BCE + the other objective at its weight
+    w = psu.loss_weights[next(iter(other))[:-len("_loss")]]
+    assert h["loss"][0] == pytest.approx(h["click_loss"][0] + w * h[next(iter(other))][0], rel=1e-4)
 
 
 def test_params_the_dataset_rejects_leave_no_run_directory(ml40, seminar_run, tmp_path):

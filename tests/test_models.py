@@ -10,10 +10,10 @@ from tfrec_zoo._tf import keras, tf
 from tfrec_zoo.features import Artifacts, parse_spec
 from tfrec_zoo.layers import FMInteraction, MixtureOfExperts, TargetAttention
 from tfrec_zoo.models import MODELS, _load_all, build_model, model_config
+from tfrec_zoo.models.base import ZooModel
 from tfrec_zoo.models.seminar import LIFELONG_MODELS
-from tfrec_zoo.models.common import task_losses, task_metrics
 
-SPEC = parse_spec({
+SPEC_RAW = {
     "name": "toy",
     "keys": {"user": "user_id", "item": "item_id"},
     "features": [
@@ -29,7 +29,8 @@ SPEC = parse_spec({
         {"name": "click", "kind": "label"},
         {"name": "rating", "kind": "label", "type": "regression", "loss_weight": 0.5},
     ],
-}, "toy.yaml")
+}
+SPEC = parse_spec(SPEC_RAW, "toy.yaml")
 ART = Artifacts(vocabs={"user_id": list(range(20)), "item_id": list(range(50)), "cate_id": list(range(5)),
                         "tags": ["a", "b", "c"]},
                 stats={"price": {"mean": 1.0, "std": 2.0, "min": 0.0, "max": 5.0, "log1p_mean": 0.0, "log1p_std": 1.0}})
@@ -69,15 +70,6 @@ def test_target_attention_ignores_padding_and_empty_history():
     np.testing.assert_allclose(one, keys.numpy()[:, 0], rtol=1e-5)  # a single valid step gets weight 1
 
 
-def test_mixture_of_experts_gates_are_convex():
-    moe = MixtureOfExperts(num_experts=3, expert_units=(5,), num_tasks=2)
-    x = tf.random.normal([4, 7], seed=2)
-    outs = moe(x)
-    assert len(outs) == 2 and outs[0].shape == (4, 5)
-    gates = moe.gates[0](x).numpy()
-    np.testing.assert_allclose(gates.sum(axis=1), 1.0, rtol=1e-5)
-
-
 def test_model_config_rejects_unknown_and_mistyped_keys():
     with pytest.raises(ValueError, match=r"exp.yaml.params.dnn_unit: unknown hyper-parameter of din"):
         model_config("din", {"dnn_unit": [1]}, "exp.yaml.params")
@@ -86,6 +78,13 @@ def test_model_config_rejects_unknown_and_mistyped_keys():
     with pytest.raises(ValueError, match="unknown model 'dn'; known: .*din"):
         model_config("dn")
     assert model_config("din", {"dnn_units": [8, 4]}).dnn_units == (8, 4)
+    # `--set params.dnn_units=abc` reached int('a') deep in the build: now one error naming the key
+    with pytest.raises(ValueError, match=r"params.dnn_units: expected a list"):
+        model_config("din", {"dnn_units": "abc"}, "params")
+    with pytest.raises(ValueError, match=r"params.dnn_units: expected a list of int"):
+        model_config("din", {"dnn_units": ["a", 2]}, "params")
+    with pytest.raises(ValueError, match=r"params.attention_activation: expected a string"):
+        model_config("din", {"attention_activation": 3}, "params")
 
 
 _load_all()
@@ -94,28 +93,74 @@ _load_all()
 @pytest.mark.parametrize("name", sorted(set(MODELS) - set(LIFELONG_MODELS)))   # lifelong: tests/test_lifelong.py
 def test_model_trains_saves_reloads_and_serves(name: str, tmp_path: Path):
     model = build_model(name, SPEC, ART, {})
-    losses, weights = task_losses(SPEC)
-    model.compile(keras.optimizers.Adam(0.01), losses, loss_weights=weights, metrics=task_metrics(SPEC))
+    assert isinstance(model, ZooModel)
+    model.compile(keras.optimizers.Adam(0.01))           # the model states its own loss
     feats, labels = toy_batch()
-    first = model.evaluate(feats, labels, verbose=0, return_dict=True)["loss"]
-    model.fit(feats, labels, epochs=15, batch_size=64, verbose=0)
-    assert model.evaluate(feats, labels, verbose=0, return_dict=True)["loss"] < first  # it learns
+    first = model.evaluate(feats, labels, verbose=0, return_dict=True)
+    history = model.fit(feats, labels, epochs=15, batch_size=64, verbose=0).history
+    after = model.evaluate(feats, labels, verbose=0, return_dict=True)
+    assert after["loss"] < first["loss"]                   # it learns
+    if name != "two_tower":
+        # one loss per task, weighted by the spec (rating: 0.5), metrics named by task whatever the task count
+        assert {"loss", "click_loss", "rating_loss", "click_auc", "rating_rmse"} <= set(history)
+        assert after["loss"] == pytest.approx(after["click_loss"] + 0.5 * after["rating_loss"], rel=1e-4)
     preds = model.predict(feats, verbose=0)
     assert set(preds) == {"click", "rating"} and preds["click"].shape == (64,)
     assert ((preds["click"] >= 0) & (preds["click"] <= 1)).all()
     model.save(tmp_path / name)
     served = tf.saved_model.load(str(tmp_path / name)).signatures["serving_default"]
-    assert set(served.structured_input_signature[1]) == set(feats)
+    assert set(served.structured_input_signature[1]) == set(feats) - set(
+        f.split(".")[-1] for f in model.ignored_features)
     assert set(served.structured_outputs) == {"click", "rating"}
-    out = served(**{k: tf.constant(v) for k, v in feats.items()})
+    out = served(**{k: tf.constant(v) for k, v in feats.items() if k in served.structured_input_signature[1]})
     np.testing.assert_allclose(out["click"].numpy(), preds["click"], atol=1e-5)
-    reloaded = keras.models.load_model(tmp_path / name, compile=False)
-    np.testing.assert_allclose(reloaded.predict(feats, verbose=0)["rating"], preds["rating"], atol=1e-5)
+    # a run reloads by building the model again and reading the weights (training/runs.py)
+    from training.runs import load_weights
+
+    again = build_model(name, SPEC, ART, {})
+    load_weights(again, tmp_path / name)
+    np.testing.assert_allclose(again.predict(feats, verbose=0)["rating"], preds["rating"], atol=1e-5)
+
+
+def test_single_task_metric_names_do_not_depend_on_the_task_count():
+    spec = parse_spec({"name": "one", "keys": {"item": "item_id"}, "features": [
+        {"name": "item_id", "kind": "id"}, {"name": "like", "kind": "label"}]}, "one.yaml")
+    model = build_model("deepfm", spec, Artifacts(vocabs={"item_id": list(range(10))}), {})
+    model.compile(keras.optimizers.Adam(0.01))
+    x, y = {"item_id": np.arange(10)}, {"like": (np.arange(10) % 2).astype(np.float32)}
+    logs = model.fit(x, y, validation_data=(x, y), epochs=1, verbose=0).history
+    assert {"like_loss", "like_auc", "val_like_auc", "val_like_loss"} <= set(logs)   # not `auc` / `val_auc`
+
+
+def test_models_list_the_spec_features_they_ignore():
+    # DIN attends over the history's item and category ids; the spec's dense history field is not an input
+    spec = parse_spec({**SPEC_RAW, "features": [
+        *[f for f in SPEC_RAW["features"] if f["name"] != "hist"],
+        {"name": "hist", "kind": "sequence", "max_len": 5, "fields": [
+            {"name": "hist_item", "shares_embedding_with": "item_id"},
+            {"name": "hist_cate", "shares_embedding_with": "cate_id"},
+            {"name": "hist_rating", "kind": "dense"}]}]}, "toy2.yaml")
+    art = Artifacts(vocabs=ART.vocabs, stats={**ART.stats, "hist_rating": ART.stats["price"]})
+    assert build_model("din", spec, art, {}).ignored_features == ["hist.hist_rating"]
+    assert build_model("deepfm", spec, art, {}).ignored_features == ["hist.hist_rating"]
+    assert build_model("din", SPEC, ART, {}).ignored_features == []
+
+
+def test_a_loss_weighted_zero_is_not_computed_and_logs_nothing():
+    model = build_model("din", SPEC, ART, {})
+    model.set_loss_weights({"rating": 0.0})
+    model.compile(keras.optimizers.Adam(0.01))
+    feats, labels = toy_batch()
+    logs = model.evaluate(feats, labels, verbose=0, return_dict=True)
+    assert "rating_loss" not in logs and "rating_rmse" not in logs
+    assert logs["loss"] == pytest.approx(logs["click_loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="has no loss 'ratng'; its losses: click, rating"):
+        model.set_loss_weights({"ratng": 1.0}, source="exp.yaml: tasks")
 
 
 def test_din_attends_with_every_paired_field():
     model = build_model("din", SPEC, ART, {})
-    assert model.get_layer("din_attention") is not None
+    assert isinstance(model.get_layer("din_attention"), TargetAttention)
     # query = item + category embeddings (8 + 4), keys the history's two fields through the same tables
     assert model.get_layer("din_query").output.shape[-1] == 12
     assert len([layer for layer in model.layers if layer.name == "emb_item_id"]) == 1
@@ -127,8 +172,7 @@ def test_masked_task_loss_ignores_rows_with_weight_zero():
         {"name": "buy", "kind": "label", "mask": "click"}]}, "m.yaml")
     art = Artifacts(vocabs={"item_id": list(range(10))})
     model = build_model("mmoe", spec, art, {"num_experts": 2, "expert_units": [4], "tower_units": [4]})
-    losses, weights = task_losses(spec)
-    model.compile("adam", losses, loss_weights=weights)
+    model.compile("adam")
     x = {"item_id": np.arange(8)}
     click = np.array([1, 1, 0, 0, 1, 0, 1, 0], np.float32)
     buy = np.array([1, 0, 0, 0, 1, 0, 0, 0], np.float32)
@@ -165,3 +209,18 @@ def test_target_attention_valid_steps_path_equals_the_padded_formula(normalizati
     else:
         w = s * m
     np.testing.assert_allclose(padded, np.einsum("bl,bld->bd", w, keys.numpy()), rtol=1e-4, atol=1e-5)
+
+
+def test_freeze_levels_come_from_the_layers_not_their_names():
+    from training.restore import freeze
+
+    model = build_model("deepfm", SPEC, ART, {})
+    level0 = set(freeze(model, level=1))
+    assert {"emb_item_id", "emb_user_id", "lookup_item_id", "emb_tags"} <= level0
+    assert not any(n.startswith(("norm_", "fm_proj", "dnn_", "mean_")) for n in level0)
+    model = build_model("deepfm", SPEC, ART, {})
+    level1 = set(freeze(model, level=2))
+    assert level0 < level1 and {"norm_price", "pool_tags", "mask_tags", "mean_hist_item"} <= level1
+    assert any(n.startswith("fm_proj") for n in level1)          # DeepFM's projections into its factor space
+    assert not any(n.startswith(("dnn_", "linear", "click_", "fm")) and not n.startswith("fm_proj") for n in level1)
+    assert all(not model.get_layer(n).trainable for n in level1 if n in {x.name for x in model.layers})

@@ -123,6 +123,78 @@ def test_a_killed_run_resumes_to_the_same_step_count(ml_small, tmp_path):
     assert f"ITERATIONS {2 * steps_per_epoch}" in resumed.stdout
 
 
+RESUMER = textwrap.dedent("""
+    import os, sys
+    import numpy as np
+    from tfrec_zoo._tf import keras
+    from training.experiment import load_experiment
+    from training.trainer import train
+
+    class Kill(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.n = getattr(self, "n", 0) + 1
+            if self.n == int(sys.argv[3]):
+                os._exit(3)
+
+    # early stopping that stops after epoch 2 (epoch 1 is the best: nothing improves by 1.0 AUC)
+    exp = load_experiment(sys.argv[1], ["dataset=" + sys.argv[2], "epochs=3", "batch_size=512",
+                                         "early_stopping={monitor: val_like_auc, mode: max, patience: 1, min_delta: 1.0}"])
+    r = train(exp, sys.argv[4], callbacks=[Kill()] if int(sys.argv[3]) else [], verbose=0, evaluate=False,
+              log=lambda *a: print(*a))
+    if r.model is not None:
+        print("ITERATIONS", int(r.model.optimizer.iterations.numpy()))
+        print("WEIGHTS", repr(float(sum(np.abs(w).sum() for w in r.model.get_weights()))))
+""")
+
+
+def test_a_killed_run_with_early_stopping_ends_where_the_uninterrupted_one_ends(ml_small, tmp_path):
+    """Resume restores the early-stopping state: same steps, same (best-epoch) weights; a finished run is reported,
+    not trained again (history.csv gets no duplicate rows)."""
+    script = tmp_path / "resumer.py"
+    script.write_text(RESUMER)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    def run(kill_at: int, run_dir: Path):
+        return subprocess.run([sys.executable, str(script), str(EXPERIMENTS / "din-ml-latest-small.yaml"),
+                               str(ml_small), str(kill_at), str(run_dir)], capture_output=True, text=True,
+                              timeout=300, env=env)
+
+    def value(out: str, key: str) -> str:
+        return next(line.split()[1] for line in out.splitlines() if line.startswith(key + " "))
+
+    steps_per_epoch = -(-open_dataset(ml_small).rows("train") // 512)
+    straight = run(0, tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    assert value(straight.stdout, "ITERATIONS") == str(2 * steps_per_epoch)     # stopped after epoch 2 of 3
+    killed = run(steps_per_epoch + 3, tmp_path / "r")                         # dies in the second epoch
+    assert killed.returncode == 3, killed.stderr[-2000:]
+    resumed = run(0, tmp_path / "r")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert value(resumed.stdout, "ITERATIONS") == str(2 * steps_per_epoch)
+    assert float(value(resumed.stdout, "WEIGHTS")) == pytest.approx(float(value(straight.stdout, "WEIGHTS")),
+                                                                     rel=1e-6)
+    rows = (tmp_path / "r" / "history.csv").read_text().splitlines()
+    again = run(0, tmp_path / "r")
+    assert again.returncode == 0 and "finished already" in again.stdout and "ITERATIONS" not in again.stdout
+    assert (tmp_path / "r" / "history.csv").read_text().splitlines() == rows
+
+
+def test_an_unknown_early_stopping_monitor_fails_before_training(ml_small, tmp_path):
+    exp = exp_for(ml_small, "early_stopping={monitor: val_auc, patience: 1}")
+    with pytest.raises(ExperimentError, match=r"early_stopping.monitor: 'val_auc' is not logged by din.*val_like_auc"):
+        train(exp, tmp_path / "run", verbose=0, log=lambda *_: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_set_errors_name_the_key():
+    with pytest.raises(ExperimentError, match=r"--set batch_size: '\[1' is not a YAML value"):
+        load_experiment(EXPERIMENTS / "din-ml-latest-small.yaml", ["batch_size=[1"])
+    with pytest.raises(ExperimentError, match=r"params.dnn_units: expected a list"):
+        load_experiment(EXPERIMENTS / "din-ml-latest-small.yaml", ["params.dnn_units=abc"])
+    with pytest.raises(ExperimentError, match=r"--set optimizer.learning_rate.x: 'learning_rate' is not a mapping"):
+        load_experiment(EXPERIMENTS / "din-ml-latest-small.yaml", ["optimizer.learning_rate.x=1"])
+
+
 def test_pretrain_then_finetune_restores_by_name_remaps_vocab_and_freezes(ml_small, ml_other, tmp_path):
     pre = train(exp_for(ml_other), tmp_path / "pre", verbose=0, evaluate=False)
     fine_exp = exp_for(ml_small, f"restore={{checkpoint: {tmp_path / 'pre'}, freeze: ['^emb_movie_id$']}}")

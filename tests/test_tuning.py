@@ -135,10 +135,32 @@ def test_bayesian_runs_or_says_what_it_needs(ml_small, tmp_path):
     assert [t["status"] for t in result.trials] == ["COMPLETED"] * 2
 
 
-def test_an_objective_fit_does_not_report_stops_the_search_naming_the_key(ml_small, tmp_path):
+def test_an_objective_fit_does_not_report_stops_the_search_before_any_trial(ml_small, tmp_path):
     block = {"objective": "val_like_ndcg", "direction": "max", "space": SPACE}
-    with pytest.raises(ValueError, match="exp.yaml: tune.objective: 'val_like_ndcg' is not a metric of fit; known: "):
+    with pytest.raises(ValueError, match=r"exp.yaml: tune.objective: 'val_like_ndcg' is not logged by din .*"
+                                         r"use one of .*val_like_auc"):
         tune(tuned(ml_small, block), tmp_path / "bad", max_trials=2, log=lambda *_: None)
+    assert not list((tmp_path / "bad").glob("trial_*"))          # refused before the first trial trained
+    # the single-task name `val_auc` (what Keras called it when a spec had one label) is refused the same way
+    block = {"objective": "val_auc", "direction": "max", "space": SPACE}
+    with pytest.raises(ValueError, match=r"tune.objective: 'val_auc' is not logged"):
+        tune(tuned(ml_small, block), tmp_path / "bad2", max_trials=2, log=lambda *_: None)
+
+
+def test_best_yaml_is_the_experiment_with_only_the_searched_keys_changed(ml_small, tmp_path):
+    """A quick search (--set epochs=1 ...) must not leak its overrides into best.yaml."""
+    raw = yaml.safe_load(EXP.read_text())
+    raw["tune"] = {"algorithm": "random", "objective": "val_like_auc",
+                   "space": {"optimizer.learning_rate": SPACE["optimizer.learning_rate"]}}
+    base = parse_experiment(raw, "exp.yaml", [f"dataset={ml_small}"])
+    overrides = ["epochs=1", "steps_per_epoch=4", "early_stopping=null"]
+    exp = parse_experiment(raw, "exp.yaml", [f"dataset={ml_small}", *overrides])
+    result = tune(exp, tmp_path / "s", max_trials=1, log=lambda *_: None, base=base, overrides=overrides)
+    text = (tmp_path / "s" / "best.yaml").read_text()
+    assert "# the search ran with --set epochs=1 steps_per_epoch=4 early_stopping=null" in text
+    best = load_experiment(tmp_path / "s" / "best.yaml")
+    assert best.epochs == base.epochs == 2 and best.steps_per_epoch is None and best.early_stopping
+    assert best.optimizer["learning_rate"] == result.best["values"]["optimizer.learning_rate"]
 
 
 def _free_port() -> int:

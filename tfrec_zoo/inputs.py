@@ -59,11 +59,20 @@ def build_inputs(spec: FeatureSpec) -> dict[str, Any]:
     return inputs
 
 
+def at_level(layer, level: int):
+    """Mark `layer` with its freeze level (what `restore: {freeze_level: N}` freezes below N): 0 = lookups and
+    embedding tables, 1 = the feature transforms right above them (normalisation, bucketing, pooling, masks,
+    projections into a model's field space). Layers without a level are never frozen by level."""
+    layer.freeze_level = level
+    return layer
+
+
 class FeatureEmbeddings:
     """Creates each lookup, embedding table and transform once and wires features through them.
 
     Tables are shared as the spec says (`embedding_group`, `shares_embedding_with`): `emb.id("hist_movie_id", ...)`
-    and `emb.id("movie_id", ...)` go through one lookup and one `Embedding` named `emb_movie_id`.
+    and `emb.id("movie_id", ...)` go through one lookup and one `Embedding` named `emb_movie_id`. Every layer made
+    here says its freeze level (`at_level`).
     """
 
     def __init__(self, spec: FeatureSpec, artifacts: Artifacts, *, embeddings_regularizer=None):
@@ -90,22 +99,22 @@ class FeatureEmbeddings:
                 if cfg.dtype == "int64":
                     kw["vocabulary_dtype"] = "int64"
                 layer = cls(**kw)
-            self._lookups[table] = layer
+            self._lookups[table] = at_level(layer, 0)
         return self._lookups[table]
 
     def table(self, table: str, dim: int | None = None):
         """The `Embedding` of `table` (rows = vocabulary size incl. OOV, or hash buckets)."""
         if table not in self._tables:
             cfg = self.spec.table_config(table)
-            self._tables[table] = keras.layers.Embedding(
+            self._tables[table] = at_level(keras.layers.Embedding(
                 self.artifacts.vocab_size(self.spec, table), dim or cfg.embedding_dim, name=f"emb_{table}",
                 embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
-                embeddings_regularizer=self._regularizer)
+                embeddings_regularizer=self._regularizer), 0)
         return self._tables[table]
 
-    def _layer(self, key: str, make):
+    def _layer(self, key: str, make, level: int = 1):
         if key not in self._layers:
-            self._layers[key] = make()
+            self._layers[key] = at_level(make(), level)
         return self._layers[key]
 
     # -- per feature -----------------------------------------------------------------------------------------------
@@ -147,7 +156,7 @@ class FeatureEmbeddings:
             disc = self._layer(f"bucket_{name}", lambda: keras.layers.Discretization(
                 bin_boundaries=bounds, name=f"bucket_{name}"))
             emb = self._layer(f"emb_bucket_{name}", lambda: keras.layers.Embedding(
-                len(bounds) + 1, f.bucket_embedding_dim, name=f"emb_bucket_{name}"))
+                len(bounds) + 1, f.bucket_embedding_dim, name=f"emb_bucket_{name}"), level=0)
             out = keras.layers.Concatenate(name=f"dense_{name}_with_buckets")([out, emb(disc(inputs[name]))])
         return out
 

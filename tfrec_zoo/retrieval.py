@@ -186,3 +186,34 @@ def load_topk_model(path):
     except ImportError:  # pragma: no cover - scann is a dependency
         pass
     return tf.saved_model.load(str(path))
+
+
+# -- the item table of a retrieval model (query_model / item_model / item_key / item_inputs / spec) ----------------------------------------------------------------------------------------------------
+def item_vocabulary(model, artifacts) -> np.ndarray:
+    """The raw ids of every item of the item id's vocabulary (the retrieval corpus), in vocabulary order."""
+    table = model.spec.table_of(model.item_key)
+    if table not in artifacts.vocabs:
+        raise ValueError(f"item table {table!r} is hashed: there is no vocabulary to enumerate the corpus from")
+    return np.asarray(artifacts.vocabs[table])
+
+
+def item_embeddings(model, artifacts=None, *, item_ids=None, item_features: dict | None = None,
+                    batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """(ids [N], vectors [N, output_dim] float32): every item id through the item tower.
+
+    `item_ids` defaults to the vocabulary (pass `artifacts`). An item tower with features besides the id needs
+    `item_features` ({name: array aligned with item_ids}, e.g. from `collect_item_features`).
+    """
+    if item_ids is None:
+        if artifacts is None:
+            raise ValueError("item_embeddings: pass artifacts (for the vocabulary) or item_ids")
+        item_ids = item_vocabulary(model, artifacts)
+    item_ids = np.asarray(item_ids)
+    feats = {model.item_key: item_ids}
+    missing = [k for k in model.item_inputs if k not in feats and k not in (item_features or {})]
+    if missing:
+        raise ValueError(f"item_embeddings: the item tower also reads {missing}: pass item_features "
+                         "(collect_item_features(data, model) gathers them from the data)")
+    feats.update({k: np.asarray(v) for k, v in (item_features or {}).items() if k in model.item_inputs})
+    vectors = model.item_model.predict(feats, batch_size=batch_size, verbose=0)
+    return item_ids, np.asarray(vectors, np.float32)

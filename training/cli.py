@@ -8,6 +8,7 @@
     tfrec-zoo data check DIR                scan a dataset and list every problem
     tfrec-zoo train EXP.yaml [--set k=v]    train a zoo model (a run directory under runs/)
     tfrec-zoo evaluate RUN_DIR              re-evaluate a finished run
+    tfrec-zoo predict RUN_DIR --split S --out F.parquet [--data DIR]   batch predictions with the examples' keys
     tfrec-zoo tune EXP.yaml [--max-trials N] Keras Tuner search over the experiment's `tune:` block
     tfrec-zoo export RUN_DIR --name NAME    TF Serving SavedModel into saved_models/NAME/<version>/
     tfrec-zoo serve [--model-base-dir saved_models] [--grpc-port 8500] [--rest-port 8501]   TF Serving APIs
@@ -190,22 +191,40 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    from training.predict import predict_run
+
+    predict_run(args.run_dir, args.split, args.out, data_dir=args.data, batch_size=args.batch_size)
+    return 0
+
+
 def _cmd_tune(args) -> int:
     from training.experiment import load_experiment
     from training.tuning import tune
 
-    exp = load_experiment(_experiment_path(args.experiment), args.set)
+    path = _experiment_path(args.experiment)
+    exp = load_experiment(path, args.set)
     # not timestamped: a chief, its workers and a resumed search all share one directory
     out = Path(args.out or Path(args.runs_root) / f"{exp.name}-tune")
-    result = tune(exp, out, args.max_trials, verbose=2 if args.quiet else 1)
+    result = tune(exp, out, args.max_trials, verbose=2 if args.quiet else 1, base=load_experiment(path),
+                  overrides=args.set)
     return 0 if result.role == "worker" or result.best else 1
 
 
 def _cmd_export(args) -> int:
     from training.exporting import export_run
 
-    export_run(args.run_dir, args.name, args.base_dir, keep=args.keep, warmup=args.warmup, k=args.k,
-               scann=not args.no_scann, gsu=args.gsu, pq_subspaces=args.pq_subspaces)
+    # only the options given: each model has its own defaults and rejects options that do not apply to it
+    options = {k: v for k, v in (("k", args.k), ("gsu", args.gsu), ("pq_subspaces", args.pq_subspaces),
+                                 ("scann", False if args.no_scann else None)) if v is not None}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--option {item}: expected KEY=VALUE")
+        import yaml
+
+        options[key.strip()] = yaml.safe_load(value)
+    export_run(args.run_dir, args.name, args.base_dir, keep=args.keep, warmup=args.warmup, options=options)
     return 0
 
 
@@ -295,6 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.set_defaults(fn=_cmd_evaluate)
 
+    pr = sub.add_parser("predict", help="write a run's predictions on a split, with the examples' keys")
+    pr.add_argument("run_dir")
+    pr.add_argument("--split", required=True, help="train, valid, test, ...")
+    pr.add_argument("--out", required=True, help="a .parquet or .csv file")
+    pr.add_argument("--data", help="another dataset directory with the model's features (default: the run's)")
+    pr.add_argument("--batch-size", type=int, default=4096)
+    pr.set_defaults(fn=_cmd_predict)
+
     tu = sub.add_parser("tune", help="Keras Tuner search (random, bayesian, hyperband) over `tune:`")
     tu.add_argument("experiment")
     tu.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -310,10 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--base-dir", default="saved_models")
     ex.add_argument("--keep", type=int, default=5, help="how many newest versions to keep")
     ex.add_argument("--warmup", type=int, default=32, help="validation examples in the warmup requests")
-    ex.add_argument("--k", type=int, default=100, help="retrieval models: how many items the top-K exports return")
-    ex.add_argument("--gsu", choices=["auto", "exact", "pq"], default="auto",
-                    help="seminar / twin: serve the PQ GSU (auto, pq) or the exact one")
-    ex.add_argument("--pq-subspaces", type=int, default=16, help="PQ sub-spaces (must divide the model's dim)")
+    ex.add_argument("--k", type=int, help="retrieval models: how many items the top-K exports return (100)")
+    ex.add_argument("--gsu", choices=["auto", "exact", "pq"],
+                    help="seminar / twin: serve the PQ GSU (auto, pq) or the exact one (auto)")
+    ex.add_argument("--pq-subspaces", type=int, help="PQ sub-spaces (must divide the model's dim; 16)")
+    ex.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="any export option the model declares (its `export_options`)")
     ex.add_argument("--no-scann", action="store_true",
                     help="retrieval models: skip NAME_topk_scann (it needs the ScaNN build of TF Serving)")
     ex.set_defaults(fn=_cmd_export)

@@ -1,12 +1,19 @@
-"""Evaluation after training: one pass over a split, then exact metrics per task (and per domain).
+"""Evaluation after training: the protocol a model declares, run on the experiment's splits.
 
-Binary tasks: AUC, GAUC (grouped by the spec's `keys.user`), logloss; regression: RMSE, MAE; multiclass: accuracy,
-cross-entropy. Label masks (e.g. CVR counted only where click = 1) restrict a task's rows. When the spec has a
-`domain` feature, every metric is also reported per domain value.
+Protocols (`ZooModel.evaluation_protocol(spec)`; `register_protocol` adds one):
+* pointwise: one pass over a split, then exact metrics per task (and per domain). Binary tasks: AUC, GAUC (grouped
+  by the spec's `keys.user`), logloss; regression: RMSE, MAE; multiclass: accuracy, cross-entropy. Label masks
+  (e.g. CVR counted only where click = 1) restrict a task's rows. When the spec has a `domain` feature, every
+  metric is also reported per domain value.
+* sampled: 1 positive + the row's sampled negatives (training/ranking.py).
+* retrieval: full-corpus Recall / HitRate / NDCG@K beside most-popular (training/retrieval.py).
+Each writes metrics.json and summary.md into the run directory.
 """
 from __future__ import annotations
 
-from typing import Any, Collection
+import json
+from pathlib import Path
+from typing import Any, Callable, Collection
 
 import numpy as np
 
@@ -105,3 +112,91 @@ def format_table(results: dict[str, dict]) -> str:
                 lines.append(f"| {split} | {task} | {name} | {value:.4f} |" if isinstance(value, float)
                              else f"| {split} | {task} | {name} | {value} |")
     return "\n".join(lines)
+
+
+def trained_tasks(model) -> list[str]:
+    """Tasks with a non-zero loss weight: a head trained with weight 0 has nothing to report."""
+    return [t for t in model.task_names if model.loss_weights.get(t)]
+
+
+PROTOCOLS: dict[str, Callable] = {}
+
+
+def register_protocol(name: str):
+    """Register `fn(exp, model, data) -> (results, description)` as evaluation protocol `name`."""
+    def deco(fn):
+        PROTOCOLS[name] = fn
+        return fn
+    return deco
+
+
+def evaluate_run_model(exp, model, data, run_dir: Path) -> dict[str, Any]:
+    """Evaluate a trained model by the protocol it declares; writes metrics.json and summary.md."""
+    protocol = model.evaluation_protocol(data.spec)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"{exp.model} declares evaluation protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    results, what = PROTOCOLS[protocol](exp, model, data)
+    write_metrics(exp, model, results, what, run_dir)
+    return results
+
+
+def write_metrics(exp, model, results: dict, what: str, run_dir: Path) -> None:
+    ignored = getattr(model, "ignored_features", [])
+    notes = f"\n\nignored features of the spec (not model inputs): {', '.join(ignored)}" if ignored else ""
+    _atomic_write(run_dir / "metrics.json", json.dumps(results, indent=1, default=float) + "\n")
+    _atomic_write(run_dir / "summary.md", f"# {exp.name}\n\nmodel `{exp.model}` on `{exp.dataset}`{what}{notes}\n\n"
+                  + format_table(results) + "\n")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+@register_protocol("pointwise")
+def _pointwise(exp, model, data) -> tuple[dict, str]:
+    ev = exp.evaluation or {}
+    results = {}
+    for split in ev.get("splits", ["valid", "test"]):
+        if split in data.manifest["splits"]:
+            # the model's inputs plus what metrics group by (user for GAUC, domains)
+            keys = [c for c in [data.spec.keys.get("user"), *(f.name for f in data.spec.of_kind("domain"))] if c]
+            ds = data.dataset(split, 4096, features=list(model.input_names) + keys)
+            results[split] = evaluate_split(model, ds, data.spec, ev.get("max_batches"), trained_tasks(model))
+    return results, ""
+
+
+@register_protocol("retrieval")
+def _retrieval(exp, model, data) -> tuple[dict, str]:
+    """Full-corpus Recall / HitRate / NDCG@K (+ the popularity baseline) per split: training/retrieval.py's protocol.
+    `evaluation: {ks: [10, 50, 100], max_users: N}` in the experiment."""
+    from .retrieval import evaluate_retrieval
+
+    ev = exp.evaluation or {}
+    ks = tuple(int(k) for k in ev.get("ks", (10, 50, 100)))
+    results = {}
+    for split in ev.get("splits", ["valid", "test"]):
+        if split in data.manifest["splits"]:
+            r = evaluate_retrieval(model, data, split=split, ks=ks, max_users=ev.get("max_users"))
+            results[split] = {"overall": {f"{who} ({view})": r[key][view]
+                                          for who, key in ((exp.model, "model"), ("popularity", "popularity"))
+                                          for view in ("filtered", "all")},
+                              "protocol": r["protocol"]}
+    return results, " (full-corpus retrieval; filtered = the user's earlier items removed)"
+
+
+@register_protocol("sampled")
+def _sampled(exp, model, data) -> tuple[dict, str]:
+    """Leave-one-out with sampled negatives (training/ranking.py): HIT/NDCG@k, MRR, AUC, GAUC per split and mode.
+    `evaluation: {modes: [recommendation, search], ks: [1, 5, 10, 50], max_rows: N}` in the experiment."""
+    from .ranking import MODES, evaluate_sampled
+
+    ev = exp.evaluation or {}
+    results = {}
+    for split in ev.get("splits", ["valid", "test"]):
+        if split in data.manifest["splits"]:
+            r = evaluate_sampled(model, data, split, modes=ev.get("modes", MODES), ks=ev.get("ks", (1, 5, 10, 50)),
+                                 max_rows=ev.get("max_rows"))
+            results[split] = {"overall": {f"{data.spec.labels[0].task} ({mode})": m for mode, m in r.items()}}
+    return results, " (1 positive + sampled negatives per row)"

@@ -5,6 +5,7 @@
     model: din
     params: {attention_units: [80, 40]}
     tasks: {like: {loss_weight: 1.0}} # optional per-task overrides of the spec's loss weights
+    losses: {align: 0.1}              # optional weights of the model's auxiliary losses (0 switches one off)
     optimizer: {name: adam, learning_rate: 0.001}
     batch_size: 1024
     epochs: 2
@@ -17,7 +18,15 @@
     pretrain: {model: seminar_psu, epochs: 1, params: {...}, include: ['^emb_'], freeze: [...]}
         # pretrain -> fine-tune in one run: the pretraining model is trained first into RUN_DIR/pretrain (same
         # dataset unless `dataset:` is given; params default to the fine-tuning params), then restored by name
-        # (`include` / `exclude` / `freeze` / `freeze_level` as in `restore:`) before fine-tuning
+        # (`include` / `exclude` / `freeze` / `freeze_level` as in `restore:`) before fine-tuning. It is the
+        # one-stage form of `stages:`.
+    stages:                           # models trained before this one, in order, each into RUN_DIR/NAME
+      - {name: psu, model: seminar_psu, epochs: 1, params: {...}, losses: {align: 0.1}}
+      - {name: warm, model: din, dataset: other-domain, restore: {from: psu, include: ['^emb_']}, evaluate: true}
+    restore: {from: warm, include: ['^emb_'], freeze_level: 1}   # the final model restores an earlier stage
+        # each stage: name, model, and optionally dataset / params / losses / tasks / epochs / optimizer /
+        # batch_size / steps_per_epoch / restore ({from: EARLIER_STAGE, ...}) / evaluate (default false). A stage
+        # is a run of its own: killed, it resumes; finished, it is not trained again.
 """
 from __future__ import annotations
 
@@ -45,6 +54,7 @@ class Experiment:
     model: str
     params: dict = field(default_factory=dict)
     tasks: dict = field(default_factory=dict)
+    losses: dict = field(default_factory=dict)
     optimizer: dict = field(default_factory=lambda: {"name": "adam", "learning_rate": 1e-3})
     batch_size: int = 1024
     epochs: int = 1
@@ -58,24 +68,25 @@ class Experiment:
     tune: dict | None = None
     domain_loss_weights: dict | None = None
     pretrain: dict | None = None
+    stages: list | None = None
     source: str = "<memory>"
 
     def to_dict(self) -> dict:
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "source"}
 
 
-_TYPES = {"name": str, "dataset": str, "model": str, "params": dict, "tasks": dict, "optimizer": dict,
+_TYPES = {"name": str, "dataset": str, "model": str, "params": dict, "tasks": dict, "losses": dict, "optimizer": dict,
           "batch_size": int, "epochs": int, "steps_per_epoch": (int, type(None)), "shuffle_buffer": int, "seed": int,
           "strategy": str, "early_stopping": (dict, type(None)), "evaluation": dict, "restore": (dict, type(None)),
           "tune": (dict, type(None)), "domain_loss_weights": (dict, type(None)),
-          "pretrain": (dict, type(None))}
+          "pretrain": (dict, type(None)), "stages": (list, type(None))}
 _REQUIRED = ("name", "dataset", "model")
 _SUBKEYS = {"optimizer": {"name", "learning_rate", "clipnorm"},
             "early_stopping": {"monitor", "mode", "patience", "min_delta"},
             "evaluation": {"splits", "group_by", "domain", "max_batches", "ks", "max_users", "modes", "max_rows"},
-            "pretrain": {"model", "dataset", "params", "epochs", "optimizer", "batch_size", "include", "exclude",
+            "pretrain": {"model", "dataset", "params", "losses", "epochs", "optimizer", "batch_size", "include", "exclude",
                          "freeze", "freeze_level"},
-            "restore": {"checkpoint", "include", "exclude", "freeze", "freeze_level"},
+            "restore": {"checkpoint", "from", "include", "exclude", "freeze", "freeze_level"},
             "tune": {"algorithm", "max_trials", "objective", "direction", "space", "epochs", "executions_per_trial",
                      "max_epochs", "factor"}}
 
@@ -102,7 +113,16 @@ def parse_experiment(raw: Any, source: str = "<memory>", overrides: list[str] | 
         if "=" not in item:
             fail(f"--set {item}", "expected key=value", "write e.g. --set epochs=3")
         key, value = item.split("=", 1)
-        _set(raw, key.strip(), yaml.safe_load(value))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            problem = str(e).splitlines()[0]
+            fail(f"--set {key.strip()}", f"{value!r} is not a YAML value ({problem})",
+                 "quote it, or write a list as [1, 2] and a mapping as {a: 1}")
+        try:
+            _set(raw, key.strip(), parsed)
+        except ValueError as e:
+            fail(f"--set {key.strip()}", str(e).split(": ", 1)[-1])
     allowed = set(_TYPES)
     for key in raw:
         if key not in allowed:
@@ -134,6 +154,12 @@ def parse_experiment(raw: Any, source: str = "<memory>", overrides: list[str] | 
     for task, cfg in exp.tasks.items():
         if not isinstance(cfg, dict) or set(cfg) - {"loss_weight"}:
             fail(f"tasks.{task}", f"expected {{loss_weight: W}}, got {cfg!r}")
+        w = cfg.get("loss_weight", 1.0)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+            fail(f"tasks.{task}.loss_weight", f"expected a non-negative number, got {w!r}")
+    for name, w in exp.losses.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+            fail(f"losses.{name}", f"expected a non-negative weight, got {w!r}")
     for feat, table in (exp.domain_loss_weights or {}).items():
         if not isinstance(table, dict) or not all(isinstance(w, (int, float)) and w >= 0 for w in table.values()):
             fail(f"domain_loss_weights.{feat}", f"expected {{domain value: non-negative weight}}, got {table!r}")
@@ -146,7 +172,12 @@ def parse_experiment(raw: Any, source: str = "<memory>", overrides: list[str] | 
     except (ValueError, TypeError) as e:
         path, _, problem = str(e).partition(": ")
         fail("model" if "unknown model" in problem else path, problem)
+    _check_stages(exp, fail)
+    if exp.restore is not None:
+        _check_restore(exp.restore, "restore", [st["name"] for st in exp.stages or []], fail)
     if exp.pretrain is not None:
+        if exp.stages:
+            fail("pretrain", "both `pretrain` and `stages` are set", "write the pretraining model as a stage")
         if "model" not in exp.pretrain:
             fail("pretrain.model", "is required", "name the pretraining model, e.g. seminar_psu")
         if exp.restore:
@@ -159,21 +190,83 @@ def parse_experiment(raw: Any, source: str = "<memory>", overrides: list[str] | 
     return exp
 
 
+STAGE_KEYS = {"name", "model", "dataset", "params", "losses", "tasks", "epochs", "optimizer", "batch_size",
+              "steps_per_epoch", "restore", "evaluate"}
+# run-directory entries a stage directory must not take
+_RESERVED = {"backup", "checkpoints", "logs", "model", "early_stopping", "config.yaml", "metrics.json", "summary.md",
+             "history.csv", "restore.json", "DONE"}
+
+
+def _check_restore(restore: dict, where: str, earlier: list[str], fail) -> None:
+    if ("checkpoint" in restore) == ("from" in restore):
+        fail(where, "give one of `checkpoint:` (a run directory) or `from:` (an earlier stage)")
+    if "from" in restore and restore["from"] not in earlier:
+        fail(f"{where}.from", f"{restore['from']!r} is not an earlier stage" + (
+            f" (earlier: {', '.join(earlier)})" if earlier else " (no stage before it)"))
+
+
+def _check_stages(exp: Experiment, fail) -> None:
+    from tfrec_zoo.models import model_config
+
+    names: list[str] = []
+    for i, st in enumerate(exp.stages or []):
+        where = f"stages[{i}]"
+        if not isinstance(st, dict):
+            fail(where, f"expected a mapping with name and model, got {st!r}")
+        for key in st:
+            if key not in STAGE_KEYS:
+                fail(f"{where}.{key}", f"unknown key {key!r}", f"use one of {', '.join(sorted(STAGE_KEYS))}")
+        for key in ("name", "model"):
+            if not isinstance(st.get(key), str):
+                fail(f"{where}.{key}", "is required (a string)")
+        name = st["name"]
+        if not name.replace("_", "").replace("-", "").isalnum() or name in _RESERVED or name in names:
+            fail(f"{where}.name", f"{name!r} must be a new name of letters, digits, '-', '_' (it becomes "
+                 f"RUN_DIR/{name}) and not one of {', '.join(sorted(_RESERVED))}")
+        for key, typ in (("params", dict), ("losses", dict), ("tasks", dict), ("optimizer", dict),
+                         ("restore", dict), ("epochs", int), ("batch_size", int), ("evaluate", bool)):
+            if key in st and not isinstance(st[key], typ):
+                fail(f"{where}.{key}", f"expected {typ.__name__}, got {st[key]!r}")
+        if "restore" in st:
+            _check_restore(st["restore"], f"{where}.restore", names, fail)
+        try:
+            model_config(st["model"], st.get("params", {}), source=f"{where}.params")
+        except (ValueError, TypeError) as e:
+            path, _, problem = str(e).partition(": ")
+            fail(f"{where}.model" if "unknown model" in problem else path, problem)
+        names.append(name)
+
+
+def stage_experiment(exp: Experiment, stage: dict, run_dir) -> Experiment:
+    """The experiment of one stage (trained into RUN_DIR/NAME); `restore.from` becomes that stage's directory."""
+    restore = dict(stage["restore"]) if stage.get("restore") else None
+    if restore and "from" in restore:
+        restore["checkpoint"] = str(Path(run_dir) / restore.pop("from"))
+    return Experiment(name=f"{exp.name}-{stage['name']}", dataset=stage.get("dataset", exp.dataset),
+                      model=stage["model"], params=dict(stage.get("params", {})), tasks=dict(stage.get("tasks", {})),
+                      losses=dict(stage.get("losses", {})), optimizer=stage.get("optimizer", exp.optimizer),
+                      batch_size=int(stage.get("batch_size", exp.batch_size)), epochs=int(stage.get("epochs", 1)),
+                      steps_per_epoch=stage.get("steps_per_epoch"), shuffle_buffer=exp.shuffle_buffer, seed=exp.seed,
+                      restore=restore, evaluation=exp.evaluation if stage.get("evaluate") else {"splits": []},
+                      source=f"{exp.source}: stages.{stage['name']}")
+
+
+def as_stages(exp: Experiment) -> tuple[list[dict], dict | None]:
+    """(stages, the final model's restore) of an experiment; `pretrain:` is the one stage `pretrain`."""
+    if exp.pretrain:
+        pre = exp.pretrain
+        stage = {"name": "pretrain", "model": pre["model"], "params": pretrain_params(exp), "tasks": exp.tasks,
+                 **{k: pre[k] for k in ("dataset", "losses", "epochs", "optimizer", "batch_size") if k in pre}}
+        keys = ("include", "exclude", "freeze", "freeze_level")
+        return [stage], {"from": "pretrain", **{k: pre[k] for k in keys if k in pre}}
+    return list(exp.stages or []), exp.restore
+
+
 def pretrain_params(exp: Experiment) -> dict:
     """The pretraining model's params: the fine-tuning params overridden by `pretrain.params`, less the
     `freeze_*` ones (they keep restored weights fixed while fine-tuning; pretraining is what trains them)."""
     fine = {k: v for k, v in exp.params.items() if not k.startswith("freeze_")}
     return {**fine, **(exp.pretrain or {}).get("params", {})}
-
-
-def pretrain_experiment(exp: Experiment) -> Experiment:
-    """The experiment of a `pretrain:` stage (trained into RUN_DIR/pretrain, not evaluated)."""
-    pre = exp.pretrain or {}
-    return Experiment(name=f"{exp.name}-pretrain", dataset=pre.get("dataset", exp.dataset), model=pre["model"],
-                      params=pretrain_params(exp), tasks=exp.tasks, optimizer=pre.get("optimizer", exp.optimizer),
-                      batch_size=int(pre.get("batch_size", exp.batch_size)), epochs=int(pre.get("epochs", 1)),
-                      shuffle_buffer=exp.shuffle_buffer, seed=exp.seed, evaluation={"splits": []},
-                      source=f"{exp.source}: pretrain")
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:

@@ -18,7 +18,7 @@ from tfrec_zoo._tf import tf
 from tfrec_zoo.data.reader import parse_features
 from tfrec_zoo.serving.export import export_model, write_models_config
 
-from .trainer import is_retrieval, load_run
+from .runs import load_run
 
 _FRESH_PROCESS = """
 import json, sys
@@ -54,34 +54,27 @@ def fresh_process_outputs(version_dir: Path, records: list[bytes], imports: tupl
 
 
 def export_run(run_dir: str | Path, name: str, base_dir: str | Path = "saved_models", *, keep: int = 5,
-               warmup: int = 32, parity_rows: int = 256, k: int = 100, scann: bool = True, gsu: str = "auto",
-               pq_subspaces: int = 16, log=print):
+               warmup: int = 32, parity_rows: int = 256, options: dict | None = None, log=print):
     """Export a run; returns the version dir (ranking models) or {suffix: version dir} (retrieval models: see
-    `export_retrieval_run`). `gsu`: for seminar / twin runs, "pq" serves the multi-modal PQ GSU (codebooks and
-    codes built from the trained tables, `with_pq_gsu`), "exact" the trained exact GSU; "auto" = pq for them."""
+    `export_retrieval_run`). `options` are the model's export options (`model.export_options`, e.g. a lifelong
+    model's `gsu` / `pq_subspaces`, a retrieval model's `k` / `scann`); one the model does not take is an error."""
     exp, data, model = load_run(run_dir, log)
-    if gsu not in ("auto", "exact", "pq"):
-        raise ValueError(f"gsu must be auto, exact or pq, got {gsu!r}")
-    from tfrec_zoo.models.seminar import PQ_GSU_MODELS, SERVING_TABLES_MODELS, with_pq_gsu, with_serving_tables
-
-    if gsu == "pq" and exp.model not in PQ_GSU_MODELS:
-        raise ValueError(f"{run_dir}: --gsu pq approximates the GSU of {'/'.join(PQ_GSU_MODELS)}, not {exp.model}")
-    params = exp.params
-    if exp.model in PQ_GSU_MODELS and gsu in ("auto", "pq"):
-        model, _ = with_pq_gsu(model, data.spec, data.artifacts, exp.model, params, subspaces=pq_subspaces)
-        params = {**params, "pq_subspaces": pq_subspaces}
-        log(f"GSU: multi-modal PQ, {pq_subspaces} sub-spaces x 256 codewords (codes of every item and query)")
+    options = dict(options or {})
+    if model.export_kind == "retrieval":
+        model.for_export(options, data.artifacts)          # rejects options the model does not take
+        opts = {**model.export_options, **options}
+        records = validation_records(data, max(warmup, parity_rows))
+        return export_retrieval_run(model, data, name, base_dir, records, keep=keep, warmup=warmup,
+                                    k=int(opts["k"]), scann=bool(opts["scann"]), log=log)
+    # the parity reference is the model as trained (or with an approximate part the export serves, e.g. a PQ
+    # GSU), the served model may differ only by serving-only rewrites (e.g. precomputed tables)
+    reference, served = model.for_export(options, data.artifacts)
+    for note in getattr(served, "export_notes", lambda: [])():
+        log(note)
     records = validation_records(data, max(warmup, parity_rows))
-    if is_retrieval(model):
-        return export_retrieval_run(model, data, name, base_dir, records, keep=keep, warmup=warmup, k=k,
-                                    scann=scann, log=log)
-    feats = parse_features(data.spec, tf.constant(records), list(model.input_names))
-    # the parity reference is the model as trained (or with its PQ GSU), before any serving-only rewrite
-    expected = {k: np.asarray(v) for k, v in model(feats, training=False).items()}
-    if exp.model in SERVING_TABLES_MODELS:
-        model = with_serving_tables(model, data.spec, data.artifacts, exp.model, params)
-        log("modality tables precomputed for serving")
-    version_dir = export_model(model, data.spec, base_dir, name, warmup_examples=records[:warmup], keep=keep)
+    feats = parse_features(data.spec, tf.constant(records), list(reference.input_names))
+    expected = {k: np.asarray(v) for k, v in reference(feats, training=False).items()}
+    version_dir = export_model(served, data.spec, base_dir, name, warmup_examples=records[:warmup], keep=keep)
     worst = _check_parity(version_dir, expected, records)
     log(f"exported {version_dir} (signatures serving_default, rank, predict_raw; outputs {sorted(expected)}; "
         f"{min(warmup, len(records))} warmup examples); fresh-process parity on {len(records)} validation examples: "
@@ -108,12 +101,11 @@ def _check_parity(version_dir: Path, expected: dict, records, imports=(), exact:
 
 def export_retrieval_run(model, data, name: str, base_dir, records, *, keep: int = 5, warmup: int = 32,
                          k: int = 100, scann: bool = True, log=print) -> dict[str, Path]:
-    """A trained two-tower as NAME_query, NAME_item, NAME_topk (exact; stock TF Serving) and NAME_topk_scann
+    """A trained retrieval model as NAME_query, NAME_item, NAME_topk (exact; stock TF Serving) and NAME_topk_scann
     (needs scann's ops: the ScaNN build of TF Serving), each checked in a fresh process on validation examples:
     towers and the exact top-K against the in-memory model (ids equal, scores 1e-5); the ScaNN top-K loads with
     `import scann` and serves what the saved index returns in this process (ids equal)."""
-    from tfrec_zoo.models.two_tower import item_embeddings
-    from tfrec_zoo.retrieval import brute_force_topk_model
+    from tfrec_zoo.retrieval import brute_force_topk_model, item_embeddings
     from tfrec_zoo.serving.export import export_retrieval
 
     paths = export_retrieval(model, data.spec, data.artifacts, base_dir, name, k=k, warmup_examples=records[:warmup],

@@ -14,9 +14,9 @@ import numpy as np
 
 from tfrec_zoo.features import Artifacts, FeatureSpec
 
-# Freeze levels (S&R Foundation freezes "L0 and L1"): level 0 = embedding tables, level 1 = the feature transforms
-# and projections right above them. `freeze_level: N` freezes every layer of a level below N.
-LEVELS = (r"^(emb_|lookup_)", r"^(norm_|bucket_|emb_bucket_|pool_|mean_|mask_|fm_proj|proj_)")
+# Freeze levels (S&R Foundation freezes "L0 and L1"): layers say their level (`freeze_level`, set where they are
+# made: tfrec_zoo.inputs.at_level): 0 = embedding tables, 1 = the feature transforms and projections right above
+# them. `freeze_level: N` freezes every layer of a level below N.
 
 
 @dataclass
@@ -106,10 +106,10 @@ def freeze(model, patterns: Sequence[str] = (), level: int | None = None) -> lis
         if not any(re.search(p, layer.name) for layer in layers):
             names = sorted({layer.name for layer in layers if layer.weights})
             raise ValueError(f"freeze: {p!r} matches no layer of the model (layers with weights: {names})")
-    pats = list(patterns) + (list(LEVELS[:level]) if level else [])
     frozen = []
     for layer in layers:
-        if any(re.search(p, layer.name) for p in pats):
+        at = getattr(layer, "freeze_level", None)
+        if any(re.search(p, layer.name) for p in patterns) or (level and at is not None and at < level):
             layer.trainable = False
             frozen.append(layer.name)
     return frozen

@@ -1,5 +1,7 @@
-"""Training and full-corpus evaluation of retrieval models (the two-tower): reads the dataset, so it lives here,
-not in tfrec_zoo.models (models never read files). See tfrec_zoo/models/two_tower.py for the model and the protocol.
+"""Full-corpus evaluation of retrieval models: reads the dataset, so it lives here, not in tfrec_zoo.models (models
+never read files). A retrieval model (`evaluation_protocol() == "retrieval"`) gives `query_model`, `item_model`,
+`query_inputs`, `item_inputs`, `item_key`, `label_task` and `spec`; see tfrec_zoo/models/two_tower.py for the
+protocol's details.
 """
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ import numpy as np
 
 from tfrec_zoo._tf import keras, tf
 from tfrec_zoo.metrics import retrieval_metrics
-from tfrec_zoo.models.two_tower import TwoTowerConfig, TwoTowerModel, item_embeddings
-from tfrec_zoo.retrieval import BruteForceIndex, ScannIndex
+from tfrec_zoo.retrieval import BruteForceIndex, ScannIndex, item_embeddings
+
 
 class RetrievalEarlyStopping(keras.callbacks.Callback):
     """After each epoch, full-corpus `metric` (e.g. "recall@50") on the `split` split with the user's earlier items
@@ -30,7 +32,7 @@ class RetrievalEarlyStopping(keras.callbacks.Callback):
         k = int(self.metric.split("@")[1])
         r = evaluate_retrieval(self.model, self.data, split=self.split, ks=(k,), popularity=False,
                                max_users=self.max_users, cache=self._cache)
-        score = float(r["two_tower"]["filtered"][self.metric])
+        score = float(r["model"]["filtered"][self.metric])
         self.scores.append(score)
         if logs is not None:
             logs[f"val_{self.metric}"] = score
@@ -47,38 +49,13 @@ class RetrievalEarlyStopping(keras.callbacks.Callback):
             self.model.set_weights(self._weights)
 
 
-def train_two_tower(data, params: dict | TwoTowerConfig | None = None, *, epochs: int = 3, batch_size: int = 1024,
-                    learning_rate: float = 1e-3, shuffle_buffer: int = 200_000, seed: int = 0,
-                    steps_per_epoch: int | None = None, early_stopping: str | None = None, patience: int = 1,
-                    verbose: int = 2):
-    """Build and fit a TwoTowerModel on a `DatasetDir`'s train split; returns (model, keras History).
-
-    `early_stopping="recall@50"` evaluates that metric on the valid split after every epoch (seen items filtered),
-    stops after `patience` epochs without improvement and keeps the best epoch's weights (History logs carry
-    `val_recall@50`); the two-tower overfits item ids within a few epochs on Amazon-Book.
-    """
-    from tfrec_zoo.models import model_config
-
-    tf.keras.utils.set_random_seed(seed)
-    cfg = params if isinstance(params, TwoTowerConfig) else model_config("two_tower", params or {})
-    model = TwoTowerModel(data.spec, data.artifacts, cfg)
-    model.compile(keras.optimizers.Adam(learning_rate))
-    feats = list(model.input_names)
-    train = data.dataset("train", batch_size, shuffle_buffer=shuffle_buffer, seed=seed, features=feats,
-                         drop_remainder=True, repeat=steps_per_epoch is not None)
-    callbacks = []
-    if early_stopping:
-        if "valid" not in data.manifest["splits"]:
-            raise ValueError(f"{data.path}: early_stopping needs a valid split")
-        callbacks.append(RetrievalEarlyStopping(data, early_stopping, patience=patience))
-    history = model.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-                        verbose=verbose)
-    if callbacks:
-        history.best_epoch = callbacks[0].best_epoch
-    return model, history
+def retrieval_monitor(monitor: str) -> str | None:
+    """"val_recall@50" -> "recall@50" (a full-corpus metric RetrievalEarlyStopping computes); else None."""
+    name = monitor[4:] if monitor.startswith("val_") else ""
+    return name if name.split("@")[0] in ("recall", "hitrate", "ndcg") and "@" in name else None
 
 
-def collect_item_features(data, model: TwoTowerModel, splits: Sequence[str] = ("train",)) -> tuple[np.ndarray, dict]:
+def collect_item_features(data, model, splits: Sequence[str] = ("train",)) -> tuple[np.ndarray, dict]:
     """(item ids, {feature: values}) of the item tower's inputs, each item's last row in `splits`."""
     cols = read_columns(data, splits, model.item_inputs)
     ids = cols[model.item_key]
@@ -139,19 +116,19 @@ def _first_rows(users: np.ndarray, times: np.ndarray | None) -> np.ndarray:
     return np.sort(order[first])
 
 
-def evaluate_retrieval(model: TwoTowerModel, data, *, split: str = "test", ks: Sequence[int] = (10, 50, 100),
+def evaluate_retrieval(model, data, *, split: str = "test", ks: Sequence[int] = (10, 50, 100),
                        index: str | Any = "brute_force", seen_splits: Sequence[str] | None = None,
                        popularity: bool = True, item_ids=None, item_features: dict | None = None,
                        max_users: int | None = None, chunk: int = 1024, return_lists: bool = False,
                        cache: dict | None = None) -> dict:
-    """Full-corpus Recall / HitRate / NDCG@ks of the two-tower model and the popularity baseline, with and without
+    """Full-corpus Recall / HitRate / NDCG@ks of a retrieval model and the popularity baseline, with and without
     the user's earlier-split items filtered (see the module docstring for the protocol).
 
     `index`: "brute_force", "scann" or any object with `.search(query_vectors, k) -> (positions, scores)` built over
     `item_embeddings(model, data.artifacts)`'s vectors. The corpus is the item vocabulary, or `item_ids` with their
     `item_features` when the item tower reads more than the id (default then: `collect_item_features(data, model)`,
     the items of the train split). `seen_splits` default: the splits before `split` among
-    train, valid, test. Returns {"two_tower": {"all": metrics, "filtered": metrics}, "popularity": {...}, "protocol"}
+    train, valid, test. Returns {"model": {"all": metrics, "filtered": metrics}, "popularity": {...}, "protocol"}
     (+ "lists": the top-K positions and item ids when `return_lists`).
     """
     spec = model.spec
@@ -224,7 +201,7 @@ def evaluate_retrieval(model: TwoTowerModel, data, *, split: str = "test", ks: S
         top_all[lo:hi, :w] = pos[:, :w]
         f = filter_seen(pos, np.arange(lo, hi), seen_keys, n_items, k_max)
         top_filt[lo:hi, :f.shape[1]] = f
-    out: dict[str, Any] = {"two_tower": {"all": retrieval_metrics(top_all, relevant, ks),
+    out: dict[str, Any] = {"model": {"all": retrieval_metrics(top_all, relevant, ks),
                                          "filtered": retrieval_metrics(top_filt, relevant, ks)}}
 
     if popularity:

@@ -31,8 +31,9 @@ from keras_tuner.src.tuners import bayesian as kt_bayesian  # noqa: E402  (None 
 
 from tfrec_zoo._tf import keras  # noqa: E402
 
+from .datasets import resolve_dataset  # noqa: E402
 from .experiment import _SUBKEYS, Experiment, ExperimentError, _set, load_experiment, parse_experiment  # noqa: E402
-from .trainer import compile_model, resolve_dataset, train_dataset  # noqa: E402
+from .fit import check_monitor, compile_model, fit  # noqa: E402
 
 ALGORITHMS = ("random", "bayesian", "hyperband")
 _FIXED = ("name", "dataset", "model", "tune", "restore", "strategy")  # one search = one dataset and model
@@ -183,6 +184,7 @@ class ExperimentTuner(kt.engine.base_tuner.BaseTuner):
             oracle = (kt.oracles.BayesianOptimizationOracle if cfg.algorithm == "bayesian"
                       else kt.oracles.RandomSearchOracle)(max_trials=cfg.max_trials, **common)
         self.exp, self.cfg, self.fit_verbose, self.log, self._data, self.ran = exp, cfg, verbose, log, None, []
+        self.base, self.overrides = None, []
         super().__init__(oracle, directory=str(out_dir.parent), project_name=out_dir.name)
 
     @property
@@ -208,20 +210,16 @@ class ExperimentTuner(kt.engine.base_tuner.BaseTuner):
         for execution in range(self.cfg.executions_per_trial):
             keras.backend.clear_session()  # else trials pile up graphs and layer names
             keras.utils.set_random_seed(exp.seed + execution)
-            model, cbs, es = compile_model(exp, data), [saver], exp.early_stopping
+            model = compile_model(exp, data)
             if "tuner/trial_id" in values:  # hyperband: continue the parent trial's best weights
                 model.load_weights(_weights(self.get_trial_dir(values["tuner/trial_id"]))).expect_partial()
+            cbs, es = [saver], exp.early_stopping
             if es:
                 cbs.append(keras.callbacks.EarlyStopping(monitor=es["monitor"], mode=es.get("mode", "auto"),
                                                          patience=int(es.get("patience", 1)),
                                                          min_delta=float(es.get("min_delta", 0.0))))
-            features = list(model.input_names)
-            history = model.fit(train_dataset(exp, data, repeat=exp.steps_per_epoch is not None, features=features),
-                                epochs=exp.epochs,
-                                initial_epoch=values.get("tuner/initial_epoch", 0),
-                                steps_per_epoch=exp.steps_per_epoch, callbacks=cbs, verbose=self.fit_verbose,
-                                validation_data=data.dataset("valid", max(exp.batch_size, 4096),
-                                                             features=features)).history
+            history = fit(model, exp, data, callbacks=cbs, verbose=self.fit_verbose,
+                          initial_epoch=values.get("tuner/initial_epoch", 0)).history
             if obj not in history:
                 raise kt.errors.FatalValueError(f"{exp.source}: tune.objective: {obj!r} is not a metric of fit; "
                                                 f"known: {', '.join(sorted(history))}")
@@ -271,17 +269,38 @@ def _report(tuner: ExperimentTuner, out_dir: Path, role: str, log) -> TuneResult
     (out_dir / "trials.md").write_text(f"# tuning {tuner.exp.name}: {cfg.algorithm}, {cfg.direction} {cfg.objective} "
                                        "(* = best)\n\n" + "\n".join(lines) + "\n")
     log("\n".join(lines))
-    best_exp = best and apply_values(tuner.exp, best["values"], epochs=best["epochs"])
+    best_exp = None
     if best:
+        # the experiment's own values (not the search's --set overrides, e.g. a short `epochs: 1` search) with
+        # only the searched keys changed; hyperband chooses the epochs, so they come from the trial then
+        searched_epochs = cfg.algorithm == "hyperband" or "epochs" in best["values"]
+        best_exp = apply_values(tuner.base or tuner.exp, best["values"],
+                                **({"epochs": best["epochs"]} if searched_epochs else {}))
         head = f"# best trial {best['trial_id']} of {out_dir}: {cfg.objective} = {best[cfg.objective]:.5f}\n"
+        if tuner.overrides:
+            head += (f"# the search ran with --set {' '.join(tuner.overrides)}; not kept here: this is the "
+                     "experiment's own file with only the searched keys changed\n")
         (out_dir / "best.yaml").write_text(head + yaml.safe_dump(best_exp.to_dict(), sort_keys=False))
         log(f"best: trial {best['trial_id']} -> {out_dir / 'best.yaml'}")
     return TuneResult(out_dir, role, rows, best, best_exp, tuner)
 
 
+def _check_names(tuner: ExperimentTuner) -> None:
+    """The objective and the early-stopping monitor must be names fit logs for this model: checked on the model
+    built once, before any trial trains (a misspelt one would otherwise fail every trial after training)."""
+    exp = tuner.exp
+    keras.backend.clear_session()
+    model = compile_model(exp, tuner.data)
+    check_monitor(exp, model, "tune.objective", tuner.cfg.objective)
+    if exp.early_stopping:
+        check_monitor(exp, model, "early_stopping.monitor", exp.early_stopping["monitor"])
+    keras.backend.clear_session()
+
+
 def tune(exp: Experiment, out_dir: str | Path, max_trials: int | None = None, *, verbose: int = 0,
-         log=print) -> TuneResult:
-    """Search `exp.tune`'s space in `out_dir` (resuming a search there); chief/worker from KERASTUNER_* env vars."""
+         log=print, base: Experiment | None = None, overrides: list[str] = ()) -> TuneResult:
+    """Search `exp.tune`'s space in `out_dir` (resuming a search there); chief/worker from KERASTUNER_* env vars.
+    `base` (the experiment before the `overrides` that gave `exp`) is what best.yaml is written from."""
     cfg, out_dir = parse_tune(exp), Path(out_dir)
     cfg.max_trials = max_trials or cfg.max_trials
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -291,6 +310,9 @@ def tune(exp: Experiment, out_dir: str | Path, max_trials: int | None = None, *,
     tmp.write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
     os.replace(tmp, pinned)  # atomically: the chief and the workers may all write it at once
     tuner = ExperimentTuner(exp, cfg, out_dir, verbose=verbose, log=log)
+    tuner.base, tuner.overrides = base, list(overrides)
+    if not dist_utils.is_chief_oracle():
+        _check_names(tuner)
     if dist_utils.is_chief_oracle():
         log(f"[tune] chief: oracle on {os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}")
     tuner.search(verbose=verbose)  # the chief serves the oracle until every worker has been told to stop

@@ -1,18 +1,17 @@
 """Feature plumbing every zoo model shares: field embeddings, MLPs, task heads and the losses tasks own.
 
-A model is a function `(spec, artifacts, config) -> keras.Model` whose inputs are `build_inputs(spec)` and whose
-outputs are a dict `{task: prediction}`, one per label of the spec (probabilities for binary, class probabilities
-for multiclass, values for regression). `task_losses` / `task_metrics` turn the spec's labels into what `compile`
-takes, so a trainer never needs to know a model's internals.
+A model is a function `(spec, artifacts, config) -> ZooModel` (tfrec_zoo/models/base.py) whose inputs are
+`build_inputs(spec)` and whose outputs are a dict `{task: prediction}`, one per label of the spec (probabilities for
+binary, class probabilities for multiclass, values for regression); the model owns its losses (tasks.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .._tf import keras
+from .._tf import keras, tf
 from ..features.spec import FeatureSpec, LabelFeature, SequenceFeature
-from ..inputs import FeatureEmbeddings
+from ..inputs import FeatureEmbeddings, at_level
 
 
 @dataclass(frozen=True)
@@ -37,15 +36,31 @@ def embed_fields(spec: FeatureSpec, emb: FeatureEmbeddings, inputs: dict, exclud
     return Fields(cat, dense, vec)
 
 
-def functional_model(inputs: dict, outputs: dict, name: str):
-    """A functional model over only the inputs its outputs use: the serving signature lists what a request must
-    send, and the input pipeline parses nothing else (e.g. DIN ignores a history's behaviour-type field)."""
-    probe = keras.Model(inputs, outputs, name=name)
-    used = {layer.name for layer in probe.layers
-            if isinstance(layer, keras.layers.InputLayer) and layer._outbound_nodes}
-    if used == set(inputs):
-        return probe
-    return keras.Model({k: v for k, v in inputs.items() if k in used}, outputs, name=name)
+def functional_model(inputs: dict, outputs: dict, name: str, spec: FeatureSpec, *, cls=None, **kwargs):
+    """A ZooModel (or `cls`) over only the inputs its outputs use: the serving signature lists what a request must
+    send, and the input pipeline parses nothing else (e.g. DIN ignores a history's rating field; the model lists
+    what it ignores in `ignored_features`). `kwargs` go to the model (logits, aux_outputs, ...)."""
+    from .base import ZooModel
+
+    return (cls or ZooModel)(used_inputs(inputs, outputs), outputs, spec=spec, name=name, **kwargs)
+
+
+def used_inputs(inputs: dict, outputs) -> dict:
+    """The inputs some output depends on (walked back from the outputs: a branch that leads nowhere, e.g. a
+    history's dense field embedded and then dropped, does not count)."""
+    reached, stack, seen = set(), list(tf.nest.flatten(outputs)), set()
+    while stack:
+        t = stack.pop()
+        layer, node_index, _ = t._keras_history
+        if (id(layer), node_index) in seen:
+            continue
+        seen.add((id(layer), node_index))
+        if isinstance(layer, keras.layers.InputLayer):
+            reached.add(layer.name)
+            continue
+        # only the call that produced this tensor: a shared layer's other calls may sit on dead branches
+        stack.extend(tf.nest.flatten(layer._inbound_nodes[node_index].keras_inputs))
+    return {k: v for k, v in inputs.items() if k in reached}
 
 
 def mlp(x, units: Sequence[int], *, dropout: float = 0.0, activation: str = "relu", name: str = "mlp",
@@ -64,59 +79,31 @@ def concat(tensors: list, name: str):
     return tensors[0] if len(tensors) == 1 else keras.layers.Concatenate(name=name)(tensors)
 
 
-def head(label: LabelFeature, x, extra_logit=None):
-    """The output of one task from a hidden vector (plus an optional extra logit, e.g. DeepFM's FM term)."""
+def head(label: LabelFeature, x, extra_logit=None) -> tuple[Any, Any]:
+    """(the output of one task, its logit) from a hidden vector (plus an optional extra logit, e.g. DeepFM's FM
+    term). The logit is what candidate ranking scores by (float32 sigmoids of strong candidates tie at 1.0)."""
     units = label.num_classes if label.type == "multiclass" else 1
     logit = keras.layers.Dense(units, name=f"{label.task}_logit")(x)
     if extra_logit is not None:
         logit = keras.layers.Add(name=f"{label.task}_logit_sum")([logit, extra_logit])
     if label.type == "binary":
-        return _squeeze(keras.layers.Activation("sigmoid", name=f"{label.task}_prob")(logit), label.task)
+        return _squeeze(keras.layers.Activation("sigmoid", name=f"{label.task}_prob")(logit), label.task), logit
     if label.type == "multiclass":
-        return keras.layers.Activation("softmax", name=label.task)(logit)
-    return _squeeze(logit, label.task)
+        return keras.layers.Activation("softmax", name=label.task)(logit), logit
+    return _squeeze(logit, label.task), logit
+
+
+def heads(labels, hidden) -> tuple[dict, dict]:
+    """({task: output}, {task: logit}) of every label; `hidden` is one tensor or {task: tensor}."""
+    outputs, logits = {}, {}
+    for lab in labels:
+        outputs[lab.task], logits[lab.task] = head(lab, hidden[lab.task] if isinstance(hidden, dict) else hidden)
+    return outputs, logits
 
 
 def _squeeze(x, name: str):
     # [B, 1] -> [B] so predictions line up with labels as make_dataset yields them
     return keras.layers.Reshape((), name=name)(x)
-
-
-# Binary and regression heads output [B] (labels arrive as [B]). Keras losses average over the last axis, which
-# for [B] tensors would collapse the batch into one number and break per-example sample weights (label masks);
-# these give one loss per example.
-@keras.utils.register_keras_serializable(package="tfrec_zoo")
-def binary_crossentropy_per_example(y_true, y_pred):
-    return keras.losses.binary_crossentropy(y_true[..., None], y_pred[..., None])
-
-
-@keras.utils.register_keras_serializable(package="tfrec_zoo")
-def squared_error_per_example(y_true, y_pred):
-    return keras.losses.mean_squared_error(y_true[..., None], y_pred[..., None])
-
-
-def task_losses(spec: FeatureSpec) -> tuple[dict, dict]:
-    """({task: loss}, {task: loss weight}) from the spec's labels."""
-    losses, weights = {}, {}
-    for lab in spec.labels:
-        losses[lab.task] = {"binary": binary_crossentropy_per_example,
-                            "multiclass": keras.losses.sparse_categorical_crossentropy,
-                            "regression": squared_error_per_example}[lab.type]
-        weights[lab.task] = lab.loss_weight
-    return losses, weights
-
-
-def task_metrics(spec: FeatureSpec) -> dict:
-    """Per-task streaming metrics shown during training (the exact evaluation runs after training)."""
-    out = {}
-    for lab in spec.labels:
-        if lab.type == "binary":
-            out[lab.task] = [keras.metrics.AUC(name="auc", num_thresholds=2000)]
-        elif lab.type == "multiclass":
-            out[lab.task] = [keras.metrics.SparseCategoricalAccuracy(name="acc")]
-        else:
-            out[lab.task] = [keras.metrics.RootMeanSquaredError(name="rmse")]
-    return out
 
 
 def target_and_history(spec: FeatureSpec, target: str | None, history: str | None) -> tuple[str, str, str]:
@@ -156,5 +143,5 @@ def pooled_sequences(spec: FeatureSpec, emb: FeatureEmbeddings, inputs: dict, ex
         fields, mask = emb.sequence(seq.name, inputs)
         for sf in seq.fields:
             if sf.kind == "id":
-                out.append(MaskedPooling("mean", name=f"mean_{sf.name}")([fields[sf.name], mask]))
+                out.append(at_level(MaskedPooling("mean", name=f"mean_{sf.name}"), 1)([fields[sf.name], mask]))
     return out

@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .._tf import keras
-from ..inputs import FeatureEmbeddings, build_inputs
+from ..inputs import FeatureEmbeddings, at_level, build_inputs
 from ..layers import FMInteraction
 from . import register_model
-from .common import functional_model, concat, embed_fields, head, mlp, pooled_sequences
+from .common import concat, embed_fields, functional_model, head, mlp, pooled_sequences
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ def deepfm(spec, artifacts, cfg: DeepFMConfig):
     for i, t in enumerate([*fields.categorical.values(), *fields.vectors.values(), *pooled]):
         if t.shape[-1] != cfg.fm_dim:
             # project fields of other widths (text vectors, wider tables) into the FM's factor space
-            t = keras.layers.Dense(cfg.fm_dim, use_bias=False, name=f"fm_proj{i}")(t)
+            t = at_level(keras.layers.Dense(cfg.fm_dim, use_bias=False, name=f"fm_proj{i}"), 1)(t)
         fm_fields.append(keras.layers.Reshape((1, cfg.fm_dim), name=f"fm_field{i}")(t))
     everything = concat(fields.all() + pooled, "deepfm_concat")
     logit = keras.layers.Dense(1, name="linear")(everything)
@@ -39,5 +39,7 @@ def deepfm(spec, artifacts, cfg: DeepFMConfig):
         stacked = keras.layers.Concatenate(axis=1, name="fm_fields")(fm_fields)
         logit = keras.layers.Add(name="linear_plus_fm")([logit, FMInteraction(name="fm")(stacked)])
     hidden = mlp(everything, cfg.dnn_units, dropout=cfg.dropout, name="dnn")
-    outputs = {lab.task: head(lab, hidden, extra_logit=logit) for lab in spec.labels}
-    return functional_model(inputs, outputs, "deepfm")
+    outputs, logits = {}, {}
+    for lab in spec.labels:
+        outputs[lab.task], logits[lab.task] = head(lab, hidden, extra_logit=logit)
+    return functional_model(inputs, outputs, "deepfm", spec, logits=logits)

@@ -7,7 +7,7 @@ from .._tf import keras
 from ..inputs import FeatureEmbeddings, build_inputs
 from ..layers import TargetAttention, ValidSteps
 from . import register_model
-from .common import functional_model, concat, embed_fields, head, mlp, pooled_sequences, target_and_history
+from .common import concat, embed_fields, functional_model, heads, mlp, pooled_sequences, target_and_history
 
 
 @dataclass(frozen=True)
@@ -15,7 +15,7 @@ class DINConfig:
     target: str = ""                    # default: the spec's keys.item
     history: str = ""                   # default: the first sequence whose id field shares the target's table
     attention_units: tuple = (80, 40)
-    attention_activation: str = "sigmoid"   # Dice's BatchNorm statistics do not settle on small data (see datasets/README)
+    attention_activation: str = "sigmoid"   # Dice's BatchNorm statistics do not settle on small data
     # DIN's paper keeps raw weights ("none"); over 50-539 steps their sums grow with the history and training
     # suffers: test AUC on ml-latest-small 0.7426 with "none" vs 0.7826 with "softmax" (benchmarks/baselines.py)
     attention_normalization: str = "softmax"
@@ -44,4 +44,5 @@ def din(spec, artifacts, cfg: DINConfig):
     others = pooled_sequences(spec, emb, inputs, exclude=(history,))
     x = concat(flat.all() + others + [interest], "din_concat")
     hidden = mlp(x, cfg.dnn_units, dropout=cfg.dropout, name="dnn")
-    return functional_model(inputs, {lab.task: head(lab, hidden) for lab in spec.labels}, "din")
+    outputs, logits = heads(spec.labels, hidden)
+    return functional_model(inputs, outputs, "din", spec, logits=logits)

@@ -34,7 +34,8 @@ from ..layers.lifelong import (
     GSUScores, ModalityTables, MultiHeadTargetAttention, NonEmpty, PairFusion, QueryDropout,
 )
 from . import register_model
-from .common import concat, functional_model, head, mlp, target_and_history
+from .base import ZooModel
+from .common import concat, functional_model, heads, mlp, target_and_history
 
 GSU_KINDS = ("seminar", "twin", "sim", "eta", "qin", "din", "exact")
 SHARED_CONTEXT_GSUS = ("seminar", "twin", "exact")        # MultiHeadTargetAttention alone: broadcasts a [1, L] history
@@ -204,16 +205,46 @@ def lifelong_network(spec: FeatureSpec, artifacts, cfg: LifelongConfig):
             args += [step_rows] + ([q_rows_s, q_present_s] if cfg.use_query else [])
         esu = MultiHeadTargetAttention(cfg.heads, top_k, pq=pq, name="esu")(args)
     hidden = mlp(concat([esu, t], "tower_concat"), cfg.dnn_units, dropout=cfg.dropout, name="dnn")
-    outputs = {lab.task: head(lab, hidden) for lab in spec.labels}
-    return inputs, outputs, aux
+    outputs, logits = heads(spec.labels, hidden)
+    return inputs, outputs, logits, aux
+
+
+class LifelongModel(ZooModel):
+    """A lifelong-sequence model. Export options: `gsu` ("auto" = the PQ GSU where the model has per-head scores
+    to approximate (seminar, twin), "pq", "exact") and `pq_subspaces`; every export stores the modality tables
+    computed once (`with_serving_tables`)."""
+
+    export_options = {"gsu": "auto", "pq_subspaces": 16}
+
+    def for_export(self, options: dict, artifacts):
+        super().for_export(options, artifacts)           # rejects options it does not know
+        opts = {**self.export_options, **options}
+        if opts["gsu"] not in ("auto", "exact", "pq"):
+            raise ValueError(f"gsu must be auto, exact or pq, got {opts['gsu']!r}")
+        pq_capable = self.config.gsu in PQ_GSUS
+        if opts["gsu"] == "pq" and not pq_capable:
+            raise ValueError(f"--gsu pq approximates the per-head GSU of {'/'.join(PQ_GSUS)}, not gsu="
+                             f"{self.config.gsu!r}")
+        reference = self
+        if pq_capable and opts["gsu"] in ("auto", "pq"):
+            reference, _ = with_pq_gsu(self, artifacts, subspaces=int(opts["pq_subspaces"]))
+        return reference, with_serving_tables(reference, artifacts)
+
+    def export_notes(self) -> list[str]:
+        cfg = self.config
+        notes = ["modality tables precomputed for serving"]
+        if cfg.pq_subspaces:
+            notes.insert(0, f"GSU: multi-modal PQ, {cfg.pq_subspaces} sub-spaces x {cfg.pq_codewords} codewords "
+                            "(codes of every item and query)")
+        return notes
 
 
 def _build(spec, artifacts, cfg):
-    inputs, outputs, _ = lifelong_network(spec, artifacts, cfg)
-    model = functional_model(inputs, outputs, f"lifelong_{cfg.gsu}")
+    inputs, outputs, logits, _ = lifelong_network(spec, artifacts, cfg)
+    model = functional_model(inputs, outputs, f"lifelong_{cfg.gsu}", spec, cls=LifelongModel, logits=logits)
     # every layer between the request-level inputs (history, query) and the output broadcasts a batch of one
     # against B candidates: the rank signature feeds the context once (tfrec_zoo.serving.export)
-    model.broadcasts_context = cfg.gsu in SHARED_CONTEXT_GSUS
+    object.__setattr__(model, "broadcasts_context", cfg.gsu in SHARED_CONTEXT_GSUS)
     return model
 
 
@@ -238,10 +269,8 @@ def _register(name: str, cfg_cls: type, doc: str) -> None:
 for _name, _cls, _doc in _DOCS.values():
     _register(_name, _cls, _doc)
 
-# the models whose GSU `with_pq_gsu` can replace by the PQ one
-PQ_GSU_MODELS = ("seminar", "twin")
-# the models `with_serving_tables` applies to (the PSU is pretraining only)
-SERVING_TABLES_MODELS = tuple(_DOCS)
+# the GSUs `with_pq_gsu` can replace by the PQ one (per-head scores to approximate)
+PQ_GSUS = ("seminar", "twin")
 # the models that need a lifelong spec (keys.item + keys.query, a history sharing both tables)
 LIFELONG_MODELS = (*_DOCS, "seminar_psu")
 
@@ -254,16 +283,14 @@ def fused_tables(model, name: str) -> np.ndarray:
     return sum(w[m] * t.numpy() for m, t in enumerate(layer.tables())).astype(np.float32)
 
 
-def with_pq_gsu(model, spec: FeatureSpec, artifacts, model_name: str, params: dict, *, subspaces: int = 16,
-                codewords: int = 256, seed: int = 0):
-    """The trained seminar / twin `model` (built as `model_name` from `params`) with its GSU replaced by the
-    multi-modal PQ one: codebooks trained by k-means on the model's item (and query) tables, every id's codes
-    precomputed, every other weight copied by name. Returns (pq_model, {"codebooks", "item_codes", "query_codes"}).
+def with_pq_gsu(model, artifacts, *, subspaces: int = 16, codewords: int = 256, seed: int = 0):
+    """The trained seminar / twin `model` with its GSU replaced by the multi-modal PQ one: codebooks trained by
+    k-means on the model's item (and query) tables, every id's codes precomputed, every other weight copied by name.
+    Returns (pq_model, {"codebooks", "item_codes", "query_codes"}).
     """
     from ..layers.quantization import pq_encode, train_pq_codebooks
-    from . import model_config
 
-    cfg = model_config(model_name, params)
+    cfg = model.config
     items = fused_tables(model, "item_modalities")
     books = [train_pq_codebooks(items, subspaces, codewords, seed=seed)]
     codes = {"item_codes": pq_encode(items, books[0]), "query_codes": None}
@@ -272,27 +299,26 @@ def with_pq_gsu(model, spec: FeatureSpec, artifacts, model_name: str, params: di
         books.append(train_pq_codebooks(queries, subspaces, codewords, seed=seed + 1))
         codes["query_codes"] = pq_encode(queries, books[1])
     codebooks = np.stack(books)
-    pq_model = _rebuilt(model, spec, artifacts, model_name,
-                        {**params, "pq_subspaces": subspaces, "pq_codewords": codewords})
+    pq_model = _rebuilt(model, artifacts, pq_subspaces=subspaces, pq_codewords=codewords)
     pq_model.get_layer("esu").set_pq(codebooks, codes["item_codes"], codes["query_codes"])
     return pq_model, {"codebooks": codebooks, **codes}
 
 
-def with_serving_tables(model, spec: FeatureSpec, artifacts, model_name: str, params: dict):
-    """The trained lifelong `model` (built as `model_name` from `params`) with its modality tables computed once
-    and stored (`ModalityTables(cached=True)`), for export: same outputs, no per-request table computation."""
-    served = _rebuilt(model, spec, artifacts, model_name, {**params, "serving_tables": True})
+def with_serving_tables(model, artifacts):
+    """The trained lifelong `model` with its modality tables computed once and stored
+    (`ModalityTables(cached=True)`), for export: same outputs, no per-request table computation."""
+    served = _rebuilt(model, artifacts, serving_tables=True)
     for layer in served.layers:
         if isinstance(layer, ModalityTables):
             layer.fill_cache()
     return served
 
 
-def _rebuilt(model, spec: FeatureSpec, artifacts, model_name: str, params: dict):
-    """`model_name` built from `params` with every variable `model` has (by name) copied in."""
-    from . import build_model
+def _rebuilt(model, artifacts, **overrides):
+    """`model` built again with `overrides` and every variable `model` has (by name) copied in."""
+    from . import rebuild
 
-    new = build_model(model_name, spec, artifacts, params)
+    new = rebuild(model, artifacts, **overrides)
     source = {v.name: v for v in model.variables}
     for v in new.variables:
         if v.name in source:

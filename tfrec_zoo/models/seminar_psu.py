@@ -21,7 +21,8 @@ import itertools
 
 from .._tf import keras, tf
 from . import register_model
-from .seminar import LifelongConfig, lifelong_network
+from .common import used_inputs
+from .seminar import LifelongConfig, LifelongModel, lifelong_network
 
 
 def _l2(x):
@@ -43,70 +44,66 @@ def _subset(selected, limit: int):
     return tf.random.shuffle(selected)[:limit]
 
 
-class SeminarPSU(keras.Model):
-    """The PSU: `seminar`'s functional network with a train_step that adds L_align and L_qi."""
+class SeminarPSU(LifelongModel):
+    """The PSU: `seminar`'s functional network whose loss adds L_align and L_qi (auxiliary losses `align` and
+    `relevance`, default weights from the config; `losses: {align: w}` in the experiment overrides them). The
+    task losses (next pair) are scaled by `next_weight`."""
 
     def __init__(self, spec, artifacts, cfg: LifelongConfig, **kwargs):
-        inputs, outputs, aux = lifelong_network(spec, artifacts, cfg)
-        probe = keras.Model(inputs, outputs)
-        used = {layer.name for layer in probe.layers
-                if isinstance(layer, keras.layers.InputLayer) and layer._outbound_nodes}
-        inputs = {k: v for k, v in inputs.items() if k in used}
-        super().__init__(inputs=inputs, outputs=outputs, name="seminar_psu", **kwargs)
-        self.config = cfg
-        self.modalities = [k[len("step_"):] for k in aux if k.startswith("step_") and k not in
-                           ("step_rows", "step_item", "step_query", "step_query_present", "step_query_rows")]
-        self.aux_model = keras.Model(inputs, {**outputs, **{f"aux/{k}": v for k, v in aux.items()}})
-        self._trackers = {n: keras.metrics.Mean(name=n) for n in ("loss_next", "loss_align", "loss_relevance")}
+        inputs, outputs, logits, aux = lifelong_network(spec, artifacts, cfg)
+        super().__init__(used_inputs(inputs, outputs), outputs, spec=spec, name="seminar_psu", logits=logits,
+                         aux_outputs={f"aux/{k}": v for k, v in aux.items()},
+                         aux_loss_weights={"align": cfg.align_weight, "relevance": cfg.relevance_weight}, **kwargs)
+        object.__setattr__(self, "psu_config", cfg)
+        object.__setattr__(self, "modalities", [
+            k[len("step_"):] for k in aux if k.startswith("step_") and k not in
+            ("step_rows", "step_item", "step_query", "step_query_present", "step_query_rows")])
+        for task in self.task_names:
+            self.loss_weights[task] *= cfg.next_weight
 
-    @property
-    def metrics(self):
-        return super().metrics + list(self._trackers.values())
+    def set_loss_weights(self, weights: dict[str, float], source: str = "losses") -> None:
+        super().set_loss_weights(weights, source)
+        for task in set(weights) & set(self.task_names):
+            self.loss_weights[task] *= self.psu_config.next_weight
+
+    def auxiliary_losses(self, features, outputs, training):
+        out = {}
+        if self.loss_weights.get("align"):
+            out["align"] = self.align_loss(outputs)
+        if self.loss_weights.get("relevance"):
+            out["relevance"] = self.relevance_loss(outputs)
+        return out
 
     def align_loss(self, out):
         if len(self.modalities) < 2:
             return tf.constant(0.0)
+        cfg = self.psu_config
         rows = tf.boolean_mask(out["aux/step_rows"], out["aux/mask"])
         uniq, idx = tf.unique(tf.cast(rows, tf.int64))
         first = tf.math.unsorted_segment_min(tf.range(tf.shape(rows)[0]), idx, tf.shape(uniq)[0])
-        pick = _subset(first, self.config.aux_steps)
+        pick = _subset(first, cfg.aux_steps)
         vecs = {m: tf.gather(tf.boolean_mask(out[f"aux/step_{m}"], out["aux/mask"]), pick) for m in self.modalities}
         pairs = list(itertools.combinations(self.modalities, 2))
 
         def loss():
-            return tf.add_n([(info_nce(vecs[a], vecs[b], self.config.temperature)
-                              + info_nce(vecs[b], vecs[a], self.config.temperature)) / 2 for a, b in pairs]) / len(pairs)
+            return tf.add_n([(info_nce(vecs[a], vecs[b], cfg.temperature)
+                              + info_nce(vecs[b], vecs[a], cfg.temperature)) / 2 for a, b in pairs]) / len(pairs)
         return tf.cond(tf.shape(pick)[0] > 1, loss, lambda: tf.constant(0.0))
 
     def relevance_loss(self, out):
         if "aux/step_query" not in out:
             return tf.constant(0.0)
+        cfg = self.psu_config
         sel = tf.logical_and(tf.cast(out["aux/mask"], tf.bool), out["aux/step_query_present"] > 0)
         n = tf.reduce_sum(tf.cast(sel, tf.int32))
-        pick = _subset(tf.range(n), self.config.aux_steps)
+        pick = _subset(tf.range(n), cfg.aux_steps)
         q = tf.gather(tf.boolean_mask(out["aux/step_query"], sel), pick)
         v = tf.gather(tf.boolean_mask(out["aux/step_item"], sel), pick)
         item_rows = tf.gather(tf.boolean_mask(out["aux/step_rows"], sel), pick)
         query_rows = tf.gather(tf.boolean_mask(out["aux/step_query_rows"], sel), pick)
         same = tf.equal(item_rows[:, None], item_rows[None, :]) | tf.equal(query_rows[:, None], query_rows[None, :])
-        return tf.cond(tf.shape(pick)[0] > 1, lambda: info_nce(q, v, self.config.temperature, same),
+        return tf.cond(tf.shape(pick)[0] > 1, lambda: info_nce(q, v, cfg.temperature, same),
                        lambda: tf.constant(0.0))
-
-    def train_step(self, data):
-        x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
-        cfg = self.config
-        with tf.GradientTape() as tape:
-            out = self.aux_model(x, training=True)
-            preds = {k: out[k] for k in self.output_names}
-            next_loss = self.compiled_loss(y, preds, sw, regularization_losses=self.losses)
-            align = self.align_loss(out) if cfg.align_weight else tf.constant(0.0)
-            relevance = self.relevance_loss(out) if cfg.relevance_weight else tf.constant(0.0)
-            total = cfg.next_weight * next_loss + cfg.align_weight * align + cfg.relevance_weight * relevance
-        self.optimizer.minimize(total, self.trainable_variables, tape=tape)
-        self.compiled_metrics.update_state(y, preds, sw)
-        for name, value in (("loss_next", next_loss), ("loss_align", align), ("loss_relevance", relevance)):
-            self._trackers[name].update_state(value)
-        return {m.name: m.result() for m in self.metrics}
 
 
 @register_model("seminar_psu", LifelongConfig)

@@ -2,8 +2,8 @@
 top-K retrieval models (brute force for stock TF Serving, ScaNN for speed) and evaluated over the full corpus.
 
     model = build_model("two_tower", spec, artifacts, {"temperature": 0.05})      # a TwoTowerModel
-    model, history = train_two_tower(data, {"logq_correction": True}, early_stopping="recall@50")  # or fit
-    ids, vectors = item_embeddings(model, data.artifacts)      # every item of the vocabulary -> its vector
+    model, history = fit_model("two_tower", data, {"logq_correction": True}, early_stopping="recall@50")  # training.fit
+    ids, vectors = item_embeddings(model, data.artifacts)      # tfrec_zoo.retrieval: every item -> its vector
     topk = scann_topk_model(model.query_model, ids, vectors, k=100)               # or brute_force_topk_model
     save_topk_model(topk, "saved_models/two_tower_topk")        # signature: query tower's raw inputs -> ids, scores
     report = evaluate_retrieval(model, data, split="test")     # Recall/HitRate/NDCG@K, +/- seen filter, popularity
@@ -17,7 +17,7 @@ score is a cosine; the exported vectors are unit-norm, so dot product == cosine 
 user gave the target, `query`) into the query tower, which is leakage for retrieval: list `query_features` (and
 `item_features`) explicitly on such specs.
 
-Training (`TwoTowerModel.train_step` / `compute_loss`): for a batch of B rows, logits = q_i . v_j / temperature over
+Training (`TwoTowerModel.compute_loss` through tfrs.tasks.Retrieval): for a batch of B rows, logits = q_i . v_j / T over
 all B rows' items, softmax cross-entropy of row i against its own item. One positive per row:
   * rows whose positive label (`label`, default the spec's first binary label) is <= 0, or whose sample weight is 0,
     are ignored as positives (weight 0: their items still serve as negatives for the other rows);
@@ -28,10 +28,11 @@ all B rows' items, softmax cross-entropy of row i against its own item. One posi
     occurrences in training batches so far / rows seen so far (exact frequencies once an epoch has passed; the
     paper's streaming estimator targets non-stationary streams). Serving scores are uncorrected.
 
-Keras contract. `TwoTowerModel` is a functional model over the towers' inputs whose outputs follow the zoo's
+Keras contract. `TwoTowerModel` is a ZooModel over the towers' inputs whose outputs follow the zoo's
 `{task: prediction}` rule (binary: sigmoid(q.v / temperature), regression: q.v / temperature; an uncalibrated
 relevance score, the model is never trained on those targets), so it compiles, fits, saves and serves like any zoo
-model (`training/trainer.py` compiles it with the task losses, which `train_step` ignores). Its real products are
+model; its one loss is `retrieval` (logged as `retrieval_loss`), its evaluation protocol "retrieval", its export
+kind "retrieval" (towers + top-K). Its real products are
 `.query_model` and `.item_model` (functional tf_keras models over raw inputs, [B, output_dim]).
 
 Exports. `brute_force_topk_model` is TF ops only (matmul + tf.math.top_k) and runs on stock TF Serving.
@@ -63,9 +64,11 @@ from .._tf import keras, tf
 from ..features.spec import FeatureSpec, SequenceFeature
 from ..inputs import FeatureEmbeddings, build_inputs
 from . import register_model
-from .common import concat, functional_model, mlp, pooled_sequences
+from .base import ZooModel
+from .common import concat, mlp, pooled_sequences, used_inputs
+from .tasks import retrieval_task
 
-__all__ = ["TwoTowerConfig", "TwoTowerModel", "two_tower", "tower_features", "item_vocabulary", "item_embeddings"]
+__all__ = ["TwoTowerConfig", "TwoTowerModel", "two_tower", "tower_features"]
 
 
 @dataclass(frozen=True)
@@ -120,15 +123,19 @@ def _tower(spec: FeatureSpec, emb: FeatureEmbeddings, features: list[str], units
     x = keras.layers.Dense(cfg.output_dim, name=f"{name}_output")(x)
     if cfg.normalize:
         x = keras.layers.UnitNormalization(axis=-1, name=f"{name}_l2")(x)
-    return functional_model(inputs, x, name)
+    return keras.Model(used_inputs(inputs, x), x, name=name)
 
 
-class TwoTowerModel(keras.Model):
+class TwoTowerModel(ZooModel):
     """Query tower + item tower, trained with in-batch softmax (see the module docstring).
 
-    Attributes: `query_model`, `item_model` (functional, raw inputs -> [B, output_dim]), `config`, `spec`,
-    `item_key` (the item id column), `query_inputs` / `item_inputs` (their input names).
+    The retrieval protocol (what full-corpus evaluation and the retrieval exports use): `query_model`,
+    `item_model` (functional, raw inputs -> [B, output_dim]), `query_inputs` / `item_inputs` (their input names),
+    `item_key` (the item id column), `label_task` (whose positive rows are relevant), `spec`.
     """
+
+    export_kind = "retrieval"
+    export_options = {"k": 100, "scann": True}
 
     def __init__(self, spec: FeatureSpec, artifacts, cfg: TwoTowerConfig | None = None, **kwargs):
         cfg = cfg or TwoTowerConfig()
@@ -162,10 +169,10 @@ class TwoTowerModel(keras.Model):
             out = keras.layers.Activation("sigmoid", name=f"{lab.task}_prob")(logit) if lab.type == "binary" \
                 else logit
             outputs[lab.task] = keras.layers.Reshape((), name=lab.task)(out)
-        super().__init__(inputs=inputs, outputs=outputs, name="two_tower", **kwargs)
+        # one loss, the in-batch softmax (no per-label task: the outputs are an uncalibrated relevance score)
+        super().__init__(inputs, outputs, spec=spec, name="two_tower", tasks={},
+                         aux_loss_weights={"retrieval": 1.0}, **kwargs)
 
-        self.config = cfg
-        self.spec = spec
         self.label_task = label
         self.item_key = item_key
         self.query_model = query_model
@@ -174,17 +181,17 @@ class TwoTowerModel(keras.Model):
         self.item_inputs = list(item_model.input_names)
         self._item_lookup = item_lookup
         self._n_item_rows = artifacts.vocab_size(spec, spec.table_of(item_key))
-        self._loss_tracker = keras.metrics.Mean(name="loss")
+        object.__setattr__(self, "_retrieval", retrieval_task(cfg.temperature, cfg.remove_accidental_hits))
+        object.__setattr__(self, "_cfg", cfg)
         # logQ: running count of each item row's occurrences in training batches, and of rows seen
         self.item_counts = tf.Variable(tf.zeros([self._n_item_rows], tf.float32), trainable=False,
                                        name="logq_item_counts")
         self.rows_seen = tf.Variable(0.0, trainable=False, name="logq_rows_seen")
 
-    # -- loss ----------------------------------------------------------------------------------------------------------
-    @property
-    def metrics(self):
-        return [self._loss_tracker]
+    def evaluation_protocol(self, spec) -> str:
+        return "retrieval"
 
+    # -- loss ----------------------------------------------------------------------------------------------------------
     def _positive_weights(self, labels, sample_weight):
         y = labels[self.label_task] if isinstance(labels, dict) else labels
         w = tf.cast(tf.reshape(y, [-1]) > 0, tf.float32)
@@ -194,72 +201,30 @@ class TwoTowerModel(keras.Model):
         return w
 
     def compute_loss(self, inputs, training: bool = False):
-        """In-batch softmax loss of a `(features, labels[, sample_weights])` batch as `make_dataset` yields it."""
+        """In-batch softmax loss of a `(features, labels[, sample_weights])` batch as `make_dataset` yields it
+        (tfrs.tasks.Retrieval: temperature, logQ sampling-probability correction, accidental-hit removal)."""
         x, y, sw = keras.utils.unpack_x_y_sample_weight(inputs)
         q = self.query_model({k: x[k] for k in self.query_inputs}, training=training)
         v = self.item_model({k: x[k] for k in self.item_inputs}, training=training)
-        logits = tf.matmul(q, v, transpose_b=True) / self.config.temperature
         rows = self._item_lookup(x[self.item_key])
-        n = tf.shape(logits)[0]
-        if self.config.logq_correction:
+        prob = None
+        if self._cfg.logq_correction:
             if training:
                 self.item_counts.scatter_add(tf.IndexedSlices(tf.ones_like(rows, tf.float32), rows))
-                self.rows_seen.assign_add(tf.cast(n, tf.float32))
+                self.rows_seen.assign_add(tf.cast(tf.shape(rows)[0], tf.float32))
             prob = tf.gather(self.item_counts, rows) / tf.maximum(self.rows_seen, 1.0)
-            logits = logits - tf.math.log(tf.maximum(prob, 1e-9))[None, :]
-        if self.config.remove_accidental_hits:
-            same = tf.equal(rows[:, None], rows[None, :]) & ~tf.eye(n, dtype=tf.bool)
-            logits = tf.where(same, tf.constant(-1e9, logits.dtype), logits)
-        per_row = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.range(n), logits=logits)
-        w = self._positive_weights(y, sw)
-        return tf.math.divide_no_nan(tf.reduce_sum(per_row * w), tf.reduce_sum(w))
+        loss = self._retrieval(q, v, sample_weight=self._positive_weights(y, sw), candidate_sampling_probability=prob,
+                               candidate_ids=rows if self._cfg.remove_accidental_hits else None,
+                               compute_metrics=False, compute_batch_metrics=False)
+        self._trackers["retrieval_loss"].update_state(loss)
+        return self.loss_weights["retrieval"] * loss
 
-    def train_step(self, data):
-        with tf.GradientTape() as tape:
-            loss = self.compute_loss(data, training=True)
-            total = loss + (tf.add_n(self.losses) if self.losses else 0.0)
-        grads = tape.gradient(total, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-        self._loss_tracker.update_state(loss)
-        return {"loss": self._loss_tracker.result()}
-
-    def test_step(self, data):
-        self._loss_tracker.update_state(self.compute_loss(data, training=False))
-        return {"loss": self._loss_tracker.result()}
+    def for_export(self, options: dict, artifacts):
+        super().for_export(options, artifacts)
+        return self, self
 
 
 @register_model("two_tower", TwoTowerConfig)
 def two_tower(spec, artifacts, cfg: TwoTowerConfig):
     """Two-tower (DSSM) retrieval: query and item towers, in-batch softmax (optional logQ correction)."""
     return TwoTowerModel(spec, artifacts, cfg)
-
-
-# -- the item table ----------------------------------------------------------------------------------------------------
-def item_vocabulary(model: TwoTowerModel, artifacts) -> np.ndarray:
-    """The raw ids of every item of the item id's vocabulary (the retrieval corpus), in vocabulary order."""
-    table = model.spec.table_of(model.item_key)
-    if table not in artifacts.vocabs:
-        raise ValueError(f"item table {table!r} is hashed: there is no vocabulary to enumerate the corpus from")
-    return np.asarray(artifacts.vocabs[table])
-
-
-def item_embeddings(model: TwoTowerModel, artifacts=None, *, item_ids=None, item_features: dict | None = None,
-                    batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """(ids [N], vectors [N, output_dim] float32): every item id through the item tower.
-
-    `item_ids` defaults to the vocabulary (pass `artifacts`). An item tower with features besides the id needs
-    `item_features` ({name: array aligned with item_ids}, e.g. from `collect_item_features`).
-    """
-    if item_ids is None:
-        if artifacts is None:
-            raise ValueError("item_embeddings: pass artifacts (for the vocabulary) or item_ids")
-        item_ids = item_vocabulary(model, artifacts)
-    item_ids = np.asarray(item_ids)
-    feats = {model.item_key: item_ids}
-    missing = [k for k in model.item_inputs if k not in feats and k not in (item_features or {})]
-    if missing:
-        raise ValueError(f"item_embeddings: the item tower also reads {missing}: pass item_features "
-                         "(collect_item_features(data, model) gathers them from the data)")
-    feats.update({k: np.asarray(v) for k, v in (item_features or {}).items() if k in model.item_inputs})
-    vectors = model.item_model.predict(feats, batch_size=batch_size, verbose=0)
-    return item_ids, np.asarray(vectors, np.float32)

@@ -8,7 +8,7 @@ Signatures (inputs -> one output per task, named by the task; binary/regression 
                      one request scores N candidates for one user. Each candidate scores as the merged example
                      its serialized bytes appended to the context's would be (a key the candidate has values
                      for replaces the context's), but the context is parsed once, not N times; models that
-                     `broadcasts_context` (seminar, twin) get its features at [1, ...].
+                     `broadcasts_context` (e.g. seminar, twin) get its features at [1, ...].
 * `predict_raw`      the model's raw tensors (ids, floats, padded sequences + `<name>_len` lengths).
 
 The version is written into a temporary directory beside the target and renamed at the end, so a failed export
@@ -149,12 +149,11 @@ def write_models_config(base_dir: str | Path) -> Path:
 
 def export_retrieval(model, spec: FeatureSpec, artifacts, base_dir: str | Path, name: str, *, k: int = 100,
                      warmup_examples: Sequence[bytes] = (), keep: int = 5, scann: bool = True) -> dict[str, Path]:
-    """A two-tower model as four TF Serving models: NAME_query and NAME_item (the towers: `embedding`),
+    """A retrieval model (query_model / item_model towers) as four TF Serving models: NAME_query and NAME_item (the towers: `embedding`),
     NAME_topk (query tower + exact top-K over every item: `ids`, `scores`; stock TF ops) and NAME_topk_scann
     (the same through ScaNN: needs scann's ops, i.e. the ScaNN build of TF Serving). Each takes serialized
     tf.Example (`serving_default`) or raw tensors (`predict_raw`)."""
-    from ..models.two_tower import item_embeddings
-    from ..retrieval import brute_force_topk_model, scann_topk_model
+    from ..retrieval import brute_force_topk_model, item_embeddings, scann_topk_model
 
     ids, vectors = item_embeddings(model, artifacts)
     out = {}

@@ -1,0 +1,60 @@
+"""Dataset resolution and the training input: a dataset directory or a builder name, batches with domain weights."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tfrec_zoo._tf import tf
+from tfrec_zoo.data import DatasetDir, open_dataset
+from tfrec_zoo.paths import default_data_dir
+
+from .experiment import Experiment
+
+
+def resolve_dataset(name_or_path: str, log=print) -> DatasetDir:
+    """A dataset directory, or a builder name built into data/NAME on first use."""
+    path = Path(name_or_path)
+    if (path / "manifest.json").exists():
+        return open_dataset(path)
+    from tfrec_zoo.data.builders import BUILDERS, _load_all, build
+
+    _load_all()
+    if name_or_path not in BUILDERS:
+        raise FileNotFoundError(f"dataset {name_or_path!r} is neither a dataset directory nor a known dataset "
+                                f"({', '.join(sorted(BUILDERS))})")
+    out = default_data_dir() / name_or_path
+    if not (out / "manifest.json").exists():
+        log(f"building dataset {name_or_path} into {out}")
+        build(name_or_path, out, log=log)
+    return open_dataset(out)
+
+
+def train_dataset(exp: Experiment, data: DatasetDir, *, repeat: bool = False, features=None,
+                  drop_remainder: bool = False):
+    ds = data.dataset("train", exp.batch_size, shuffle_buffer=exp.shuffle_buffer, seed=exp.seed, repeat=repeat,
+                      features=features, drop_remainder=drop_remainder)
+    return with_domain_weights(ds, exp, data.spec)
+
+
+def with_domain_weights(ds, exp: Experiment, spec):
+    """Multiply every task's sample weights by the example's domain weight (`domain_loss_weights`)."""
+    if not exp.domain_loss_weights:
+        return ds
+    tables = []
+    for feat, weights in exp.domain_loss_weights.items():
+        f = spec[feat] if feat in [x.name for x in spec.features] else None
+        if f is None or f.kind != "domain":
+            raise ValueError(f"{exp.source}: domain_loss_weights.{feat}: not a `domain` feature of {spec.source}")
+        key_dtype = tf.string if f.dtype == "string" else tf.int64
+        keys = [str(k) for k in weights] if f.dtype == "string" else [int(k) for k in weights]
+        tables.append((feat, tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            tf.constant(keys, key_dtype), tf.constant([float(w) for w in weights.values()], tf.float32)), 1.0)))
+
+    def weigh(*batch):
+        feats, labels = batch[0], batch[1]
+        weights = dict(batch[2]) if len(batch) > 2 else {t: tf.ones_like(v) for t, v in labels.items()}
+        scale = tf.ones_like(next(iter(labels.values())))
+        for feat, table in tables:
+            scale = scale * table.lookup(feats[feat])
+        return feats, labels, {t: w * scale for t, w in weights.items()}
+
+    return ds.map(weigh, num_parallel_calls=tf.data.AUTOTUNE)

@@ -88,6 +88,70 @@ def test_data_write_rejects_bad_rows_with_the_record(tmp_path: Path):
     assert not (tmp_path / "o").exists()
 
 
+FILL_SPEC = """
+name: prices
+keys: {user: uid, item: item, time: ts}
+features:
+  - {name: uid, kind: id, dtype: string}
+  - {name: item, kind: id}
+  - {name: brand, kind: id, dtype: string}
+  - {name: price, kind: dense}
+  - {name: clicked, kind: label}
+"""
+
+
+def _prices(tmp_path: Path) -> Path:
+    # rows are written in a shuffled order; the split sorts them by user and time
+    df = pd.DataFrame({"uid": ["b", "a", "b", "a", "a", "b"], "item": [3, 1, 4, 2, 5, 6], "ts": [2, 1, 1, 3, 2, 3],
+                       "brand": ["x", "y", None, "x", "y", "z"], "price": [1.0, 2.0, 4.0, None, 10.0, 3.0],
+                       "clicked": [1, 0, 1, 0, 1, 0]})
+    csv = tmp_path / "prices.csv"
+    df.to_csv(csv, index=False)
+    return csv
+
+
+def test_a_missing_value_names_the_file_line_and_the_fill_to_add(tmp_path: Path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(FILL_SPEC)
+    csv = _prices(tmp_path)
+    assert main(["data", "write", "--spec", str(spec), "--input", str(csv), "--out", str(tmp_path / "o"),
+                 "--split", "time"]) == 2
+    err = capsys.readouterr().err
+    # brand is missing on line 4 of the file (header = line 1), whatever its position inside the sorted split
+    assert "prices.csv [train]: feature 'brand', line 4: value is missing" in err and "fill:" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_fill_policies_fill_from_train_and_never_enter_the_vocabulary(tmp_path: Path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(FILL_SPEC.replace("{name: brand, kind: id, dtype: string}",
+                                      "{name: brand, kind: id, dtype: string, fill: oov}")
+                    .replace("{name: price, kind: dense}", "{name: price, kind: dense, fill: median}"))
+    csv = _prices(tmp_path)
+    assert main(["data", "write", "--spec", str(spec), "--input", str(csv), "--out", str(tmp_path / "o"),
+                 "--split", "none"]) == 0
+    d = open_dataset(tmp_path / "o")
+    fills = d.manifest["extra"]["fills"]
+    assert fills["values"] == {"brand": "", "price": 3.0}            # median of 1, 2, 4, 10, 3
+    assert fills["filled"] == {"train": {"brand": 1, "price": 1}}
+    assert sorted(d.artifacts.vocabs["brand"]) == ["x", "y", "z"]      # the fill is not an id
+    feats = next(iter(d.dataset("train", 8)))[0]
+    rows = dict(zip(feats["item"].numpy().tolist(), feats["price"].numpy().tolist()))
+    assert rows[2] == 3.0 and rows[5] == 10.0
+    # the dense statistics come from the values that were there (mean of 1, 2, 4, 10, 3 = 4.0)
+    assert d.artifacts.stats["price"]["mean"] == 4.0
+
+
+def test_fill_values_are_validated_in_the_spec(tmp_path: Path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(FILL_SPEC.replace("{name: price, kind: dense}", "{name: price, kind: dense, fill: average}"))
+    assert main(["spec", "validate", str(spec)]) == 2
+    assert "features[3].fill: expected a finite number or one of mean, median, got 'average'" in capsys.readouterr().err
+    spec.write_text(FILL_SPEC.replace("{name: item, kind: id}", "{name: item, kind: id, fill: x}"))
+    assert main(["spec", "validate", str(spec)]) == 2
+    assert "features[1].fill: expected `oov` or an int64 id, got 'x'" in capsys.readouterr().err
+
+
 def test_data_check_reports_missing_manifest(tmp_path: Path, capsys):
     assert main(["data", "check", str(tmp_path)]) == 1
     assert "no manifest.json" in capsys.readouterr().out

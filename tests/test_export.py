@@ -1,6 +1,7 @@
 """TF Serving exports of the baselines: layout, signatures (saved_model_cli), warmup, versions, fresh-process parity."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -172,3 +173,51 @@ def test_exported_baselines_are_served_to_the_stock_clients(runs):
             url = f"http://127.0.0.1:{server.rest_port}/v1/models/{model}:predict"
             out = json.loads(urllib.request.urlopen(urllib.request.Request(url, body), timeout=30).read())
             np.testing.assert_allclose([p["like"] for p in out["predictions"]], expected["like"], atol=1e-5)
+
+
+def test_raw_text_signatures_encode_in_the_graph_like_data_write(runs):
+    """`--raw-text`: serving_text / rank_text take a text feature as the raw string and score as serving_default /
+    rank do on the vectors `data write` would store; a fresh process loads them with tensorflow_text's ops (which
+    stock TF Serving links)."""
+    from tfrec_zoo.text import get_encoder
+
+    root, run_dirs = runs
+    version = export_run(run_dirs["din"], "din_text", root / "sm_text", warmup=0, parity_rows=8,
+                         options={"raw_text": True}, log=lambda *_: None)
+    exp = load_experiment(run_dirs["din"] / "config.yaml")
+    records = [tf.train.Example.FromString(r) for r in validation_records(resolve_dataset(exp.dataset), 4)]
+    texts = {"title": ["Toy Story (1995)", "Heat (1995)", "", "Jumanji (1995)"],
+             "query": ["pixar funny", "", "dark crime thriller", "board game"]}
+    encoder = get_encoder("all-MiniLM-L6-v2")
+    as_vectors, as_text = [], []
+    for i, ex in enumerate(records):
+        vec, raw = tf.train.Example(), tf.train.Example()
+        vec.CopyFrom(ex)
+        raw.CopyFrom(ex)
+        for name, values in texts.items():
+            del vec.features.feature[name].float_list.value[:]
+            vec.features.feature[name].float_list.value.extend(encoder.encode([values[i]])[0].tolist())
+            del raw.features.feature[name]
+            raw.features.feature[name].bytes_list.value.append(values[i].encode())
+        as_vectors.append(vec.SerializeToString())
+        as_text.append(raw.SerializeToString())
+    sigs = tf.saved_model.load(str(version)).signatures
+    assert {"serving_text", "rank_text"} <= set(sigs)
+    want = sigs["serving_default"](examples=tf.constant(as_vectors))["like"].numpy()
+    got = sigs["serving_text"](examples=tf.constant(as_text))["like"].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.ptp(want) > 0                                   # the texts change the scores
+    ranked = sigs["rank_text"](context=tf.constant(as_text[0]), candidates=tf.constant(as_text[1:]))["like"].numpy()
+    np.testing.assert_allclose(ranked, sigs["rank"](context=tf.constant(as_vectors[0]),
+                                                    candidates=tf.constant(as_vectors[1:]))["like"].numpy(), atol=1e-5)
+    fresh = subprocess.run([__import__("sys").executable, "-c", (
+        "import sys, numpy as np, tensorflow as tf, tensorflow_text\n"
+        "s = tf.saved_model.load(sys.argv[1]).signatures['serving_text']\n"
+        "print(np.asarray(s(examples=tf.constant([bytes.fromhex(h) for h in sys.argv[2:]]))['like']).tolist())"),
+        str(version), *(r.hex() for r in as_text)], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    np.testing.assert_allclose(json.loads(fresh.stdout.strip().splitlines()[-1]), want, atol=1e-5)
+    # an option the model does not take is an error naming it
+    with pytest.raises(ValueError, match="export options \\['raw_txt'\\] do not apply"):
+        export_run(run_dirs["din"], "x", root / "sm_x", options={"raw_txt": True}, log=lambda *_: None)

@@ -60,6 +60,7 @@ def _cmd_data_write(args) -> int:
     import numpy as np
 
     from tfrec_zoo.data import write_dataset
+    from tfrec_zoo.data.examples import SOURCE_LINE, SOURCE_ROW
     from tfrec_zoo.data.interactions import (
         assign_splits, attach_histories, chronological, describe_splits, split_frames,
     )
@@ -67,7 +68,11 @@ def _cmd_data_write(args) -> int:
     from tfrec_zoo.features import load_spec
 
     spec = load_spec(args.spec)
-    df = coerce_list_columns(read_table(args.input), spec, args.input)
+    df = read_table(args.input)
+    # where each row came from, so that errors after sorting and splitting still name the file's line
+    parquet = str(args.input).lower().endswith((".parquet", ".pq"))
+    df[SOURCE_ROW if parquet else SOURCE_LINE] = np.arange(len(df)) + (1 if parquet else 2)
+    df = coerce_list_columns(df, spec, args.input)
     user = args.user_col or spec.keys.get("user")
     time = args.time_col or spec.keys.get("time")
     seq_fields = [sf.name for s in spec.of_kind("sequence") for sf in s.fields]
@@ -216,7 +221,8 @@ def _cmd_export(args) -> int:
 
     # only the options given: each model has its own defaults and rejects options that do not apply to it
     options = {k: v for k, v in (("k", args.k), ("gsu", args.gsu), ("pq_subspaces", args.pq_subspaces),
-                                 ("scann", False if args.no_scann else None)) if v is not None}
+                                 ("scann", False if args.no_scann else None),
+                                 ("raw_text", True if args.raw_text else None)) if v is not None}
     for item in args.option:
         key, sep, value = item.partition("=")
         if not sep:
@@ -341,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--gsu", choices=["auto", "exact", "pq"],
                     help="seminar / twin: serve the PQ GSU (auto, pq) or the exact one (auto)")
     ex.add_argument("--pq-subspaces", type=int, help="PQ sub-spaces (must divide the model's dim; 16)")
+    ex.add_argument("--raw-text", action="store_true",
+                    help="also sign serving_text / rank_text: text features sent as raw strings, encoded in the graph")
     ex.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="any export option the model declares (its `export_options`)")
     ex.add_argument("--no-scann", action="store_true",

@@ -16,7 +16,7 @@ import numpy as np
 
 from tfrec_zoo._tf import tf
 from tfrec_zoo.data.reader import parse_features
-from tfrec_zoo.serving.export import export_model, write_models_config
+from tfrec_zoo.serving.export import ServingModule, export_model, text_encoders_for, write_models_config
 
 from .runs import load_run
 
@@ -74,9 +74,18 @@ def export_run(run_dir: str | Path, name: str, base_dir: str | Path = "saved_mod
     records = validation_records(data, max(warmup, parity_rows))
     feats = parse_features(data.spec, tf.constant(records), list(reference.input_names))
     expected = {k: np.asarray(v) for k, v in reference(feats, training=False).items()}
-    version_dir = export_model(served, data.spec, base_dir, name, warmup_examples=records[:warmup], keep=keep)
-    worst = _check_parity(version_dir, expected, records)
-    log(f"exported {version_dir} (signatures serving_default, rank, predict_raw; outputs {sorted(expected)}; "
+    module = None
+    if options.get("raw_text"):
+        encoders = text_encoders_for(served, data.spec)
+        if not encoders:
+            raise ValueError(f"{run_dir}: --raw-text: {exp.model} reads no text feature of {data.spec.source}")
+        module = ServingModule(served, data.spec, text_encoders=encoders)
+    version_dir = export_model(served, data.spec, base_dir, name, warmup_examples=records[:warmup], keep=keep,
+                               module=module)
+    # the text signatures hold tensorflow_text ops (the ones stock TF Serving links): load them as it does
+    worst = _check_parity(version_dir, expected, records, imports=("tensorflow_text",) if module else ())
+    signatures = "serving_default, rank, predict_raw" + (", serving_text, rank_text" if module else "")
+    log(f"exported {version_dir} (signatures {signatures}; outputs {sorted(expected)}; "
         f"{min(warmup, len(records))} warmup examples); fresh-process parity on {len(records)} validation examples: "
         f"max abs diff {worst:.1e}")
     return version_dir

@@ -30,9 +30,30 @@ def _example_pb():
     return _pb
 
 
+# columns a reader adds to say where each row came from: the file's line (CSV / TSV, header = line 1) or row
+# (Parquet, from 1); errors name it instead of the row's position inside a sorted split
+SOURCE_LINE, SOURCE_ROW = "__line__", "__row__"
+
+
+class RecordError(FeatureSpecError):
+    """Bad data in one record (row `row` of the frame being converted) of one feature."""
+
+    def __init__(self, source: str, feature: str, row: Any, problem: str, fix: str, origin: str | None = None):
+        self.feature, self.row, self.record_problem, self.record_fix = feature, row, problem, fix
+        where = f"feature {feature!r}" + (f", {origin}" if origin else f", record {row}" if row is not None else "")
+        super().__init__(source, where, problem, fix)
+
+
 def _data_error(source: str, feature: str, row: Any, problem: str, fix: str) -> FeatureSpecError:
-    where = f"feature {feature!r}" + (f", record {row}" if row is not None else "")
-    return FeatureSpecError(source, where, problem, fix)
+    return RecordError(source, feature, row, problem, fix)
+
+
+def _origin(df: pd.DataFrame, row: int) -> str | None:
+    """Where row `row` of `df` came from in the input file, when the reader recorded it."""
+    for col, word in ((SOURCE_LINE, "line"), (SOURCE_ROW, "row")):
+        if col in df.columns and 0 <= row < len(df):
+            return f"{word} {int(df[col].iloc[row])}"
+    return None
 
 
 def _is_missing(v: Any) -> bool:
@@ -52,7 +73,9 @@ def _as_list(v: Any) -> list:
 def _convert_scalar(col: pd.Series, dtype: str, name: str, source: str) -> list:
     for i, v in enumerate(col):
         if _is_missing(v):
-            raise _data_error(source, name, i, "value is missing", "fill it or drop the record")
+            raise _data_error(source, name, i, "value is missing",
+                              f"give the feature a `fill:` in the spec (e.g. `fill: oov` for ids, `fill: median` "
+                              "for floats), or fill or drop the record")
     if dtype == "int64":
         try:
             arr = col.to_numpy()
@@ -145,7 +168,18 @@ def _vector_column(col: pd.Series, dim: int, name: str, source: str) -> np.ndarr
 
 
 def columns_for_examples(df: pd.DataFrame, spec: FeatureSpec, source: str) -> dict[str, tuple[str, list]]:
-    """Validate `df` against `spec`; return {column: (proto kind, per-row values)} ready to serialise."""
+    """Validate `df` against `spec`; return {column: (proto kind, per-row values)} ready to serialise. A bad
+    value's error names the input file's line (or Parquet row) when the reader recorded it (`__line__`)."""
+    try:
+        return _columns_for_examples(df, spec, source)
+    except RecordError as e:
+        origin = _origin(df, e.row) if isinstance(e.row, int) else None
+        if origin is None:
+            raise
+        raise RecordError(e.source, e.feature, e.row, e.record_problem, e.record_fix, origin) from None
+
+
+def _columns_for_examples(df: pd.DataFrame, spec: FeatureSpec, source: str) -> dict[str, tuple[str, list]]:
     def need(col: str, feature: str):
         if col not in df.columns:
             raise _data_error(source, feature, None, f"column {col!r} is missing from the data",

@@ -71,8 +71,11 @@ def _input_names(f) -> list[str]:
     return [f.name]
 
 
-def parse_spec_features(spec: FeatureSpec, features: Collection[str] | None = None, labels: bool = True) -> dict:
-    """The `tf.io.parse_example` description of a spec's records (only what `features` needs, when given)."""
+def parse_spec_features(spec: FeatureSpec, features: Collection[str] | None = None, labels: bool = True,
+                        raw_text: Collection[str] = ()) -> dict:
+    """The `tf.io.parse_example` description of a spec's records (only what `features` needs, when given).
+    Text features named in `raw_text` are read as the raw string (one per example; "" = no text) instead of
+    their encoded vector: a serving graph encodes them itself."""
     tf = _tf()
     select = _columns_to_parse(spec, features, labels)
     desc = {}
@@ -87,6 +90,8 @@ def parse_spec_features(spec: FeatureSpec, features: Collection[str] | None = No
             desc[f.name] = tf.io.FixedLenFeature([], _id_dtype(tf, f.dtype))
         elif isinstance(f, (DenseFeature, LabelFeature)):
             desc[f.name] = tf.io.FixedLenFeature([], tf.float32)
+        elif isinstance(f, TextFeature) and f.name in raw_text:
+            desc[f.name] = tf.io.FixedLenFeature([], tf.string)
         elif isinstance(f, (VectorFeature, TextFeature)):
             desc[f.name] = tf.io.FixedLenFeature([f.dim], tf.float32)
         elif isinstance(f, SequenceFeature):
@@ -106,25 +111,26 @@ def _pad(tf, rt, max_len: int, pad_value, width: int = 1):
     return rt.to_tensor(default_value=pad_value, shape=shape), tf.cast(rt.row_lengths(), tf.int32)
 
 
-def parse_features(spec: FeatureSpec, serialized, features: Collection[str] | None = None) -> dict:
+def parse_features(spec: FeatureSpec, serialized, features: Collection[str] | None = None,
+                   raw_text: Collection[str] = ()) -> dict:
     """Serving-side parsing: a batch of serialized tf.Example -> the input features only (no label needed)."""
-    return parse_batch(spec, serialized, features=features, labels=False)
+    return parse_batch(spec, serialized, features=features, labels=False, raw_text=raw_text)
 
 
 def parse_batch(spec: FeatureSpec, serialized, with_weights: bool | None = None,
-                features: Collection[str] | None = None, labels: bool = True):
+                features: Collection[str] | None = None, labels: bool = True, raw_text: Collection[str] = ()):
     """Parse a batch of serialized tf.Example into (features, labels[, weights]) as described above.
 
     `features` restricts the parsed inputs to those names (e.g. a model's inputs): unused columns cost nothing.
     With `labels=False` only the features dict is returned (what a serving signature parses).
     """
     tf = _tf()
-    desc = parse_spec_features(spec, features, labels)
+    desc = parse_spec_features(spec, features, labels, raw_text)
     return _from_raw(spec, tf.io.parse_example(serialized, desc), desc, with_weights, features, labels)
 
 
 def parse_ranking_request(spec: FeatureSpec, context, candidates, features: Collection[str] | None = None,
-                          broadcast: bool = True) -> dict:
+                          broadcast: bool = True, raw_text: Collection[str] = ()) -> dict:
     """The `rank` signature's parsing: one context tf.Example (scalar string) + B candidate tf.Examples -> the
     features of the B merged examples, equal to `parse_features` of each candidate's bytes appended to the
     context's (a key the candidate has values for replaces the context's). The context (the long history) is
@@ -133,7 +139,7 @@ def parse_ranking_request(spec: FeatureSpec, context, candidates, features: Coll
     [1, ...] (for models that score B rows against one context: `broadcasts_context`).
     """
     tf = _tf()
-    desc = parse_spec_features(spec, features, labels=False)
+    desc = parse_spec_features(spec, features, labels=False, raw_text=raw_text)
     as_ragged = {k: tf.io.RaggedFeature(d.dtype) for k, d in desc.items()}
     sides = []
     for serialized in (tf.reshape(context, [1]), candidates):

@@ -29,6 +29,7 @@ from .. import __version__
 from ..features.artifacts import ARTIFACTS_DIR, Artifacts, fit_artifacts
 from ..features.spec import FeatureSpec, FeatureSpecError, TextFeature
 from .examples import columns_for_examples, serialize_rows
+from .fill import fill_missing
 
 MANIFEST = "manifest.json"
 FORMAT = "tfrec_zoo.dataset/1"
@@ -140,11 +141,16 @@ def write_dataset(splits: Mapping[str, pd.DataFrame], spec: FeatureSpec, out_dir
         raise ValueError(f"compression must be GZIP, ZLIB or '' (none), got {compression!r}")
     out_dir = Path(out_dir)
     splits = encode_text_features(splits, spec, get_encoder)
-    # validate every split before anything is fitted or written: bad input fails fast with its record index
+    # missing values as the spec's `fill:` says (data/fill.py); vocabularies and statistics are fitted on the
+    # unfilled train split, so a fill never enters them
+    filled, fills = fill_missing(splits, spec, source)
+    # validate every split before anything is fitted or written: bad input fails fast with its line (or record)
     columns = {name: columns_for_examples(df.reset_index(drop=True), spec, f"{source} [{name}]")
-               for name, df in splits.items()}
+               for name, df in filled.items()}
     if artifacts is None:
         artifacts = fit_artifacts(spec, splits["train"], encode_catalogues(catalogues or {}, spec, get_encoder))
+    if fills:
+        extra = {**(extra or {}), "fills": fills}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,8 @@ class _Categorical(Feature):
     hash_buckets: int | None = None
     embedding_group: str | None = None
     shares_embedding_with: str | None = None
+    # a missing value: None = an error naming the file and line; "oov" = the OOV bucket; else this value
+    fill: Any = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,8 @@ class DenseFeature(Feature):
     normalization: str = "zscore"
     buckets: int | None = None
     bucket_embedding_dim: int = 8
+    # a missing value: None = an error naming the file and line; a number; or "mean" / "median" of the train split
+    fill: Any = None
 
 
 @dataclass(frozen=True)
@@ -317,10 +322,10 @@ _COMMON_KEYS = {"name", "kind", "doc"}
 _CATEGORICAL_KEYS = _COMMON_KEYS | {"dtype", "embedding_dim", "vocab", "hash_buckets", "embedding_group",
                                     "shares_embedding_with"}
 _ALLOWED_KEYS = {
-    "id": _CATEGORICAL_KEYS | {"side_of"},
-    "domain": _CATEGORICAL_KEYS,
+    "id": _CATEGORICAL_KEYS | {"side_of", "fill"},
+    "domain": _CATEGORICAL_KEYS | {"fill"},
     "multi_hot": _CATEGORICAL_KEYS | {"max_len", "combiner", "weights", "side_of"},
-    "dense": _COMMON_KEYS | {"normalization", "buckets", "bucket_embedding_dim"},
+    "dense": _COMMON_KEYS | {"normalization", "buckets", "bucket_embedding_dim", "fill"},
     "vector": _COMMON_KEYS | {"dim", "produced_by", "side_of"},
     "text": _COMMON_KEYS | {"encoder", "dim", "source", "side_of"},
     "sequence": _COMMON_KEYS | {"max_len", "fields", "only_positive"},
@@ -419,6 +424,27 @@ def _parse_categorical(ctx: _Ctx, raw: Mapping, path: str) -> dict:
     return kw
 
 
+FILL_STATISTICS = ("mean", "median")
+
+
+def _parse_fill(ctx: _Ctx, value: Any, kind: str, dtype: str | None, path: str) -> Any:
+    """What a missing value becomes when the dataset is written (see tfrec_zoo/data/fill.py)."""
+    if kind == "dense":
+        if value in FILL_STATISTICS:
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            ctx.fail(path, f"expected a finite number or one of {', '.join(FILL_STATISTICS)}, got {value!r}",
+                     "e.g. `fill: 0.0` or `fill: median` (fitted on the train split)")
+        return float(value)
+    if value == "oov":
+        return value
+    if dtype == "int64" and (isinstance(value, bool) or not isinstance(value, int)):
+        ctx.fail(path, f"expected `oov` or an int64 id, got {value!r}", "e.g. `fill: oov` (the OOV bucket)")
+    if dtype == "string" and not isinstance(value, str):
+        ctx.fail(path, f"expected `oov` or a string id, got {value!r}", "e.g. `fill: oov` (the OOV bucket)")
+    return value
+
+
 def _parse_field(ctx: _Ctx, raw: Any, path: str) -> SequenceField:
     if not isinstance(raw, dict):
         ctx.fail(path, f"expected a mapping, got {raw!r}", "write each field as `- {name: ..., kind: id}`")
@@ -457,6 +483,8 @@ def _parse_feature(ctx: _Ctx, raw: Any, path: str) -> Feature:
         kw["side_of"] = ctx.get(raw, "side_of", str, path)
     if kind in ("id", "domain", "multi_hot"):
         kw.update(_parse_categorical(ctx, raw, path))
+    if "fill" in raw:
+        kw["fill"] = _parse_fill(ctx, raw["fill"], kind, kw.get("dtype"), f"{path}.fill")
     if kind == "multi_hot":
         kw["max_len"] = ctx.get(raw, "max_len", int, path, 16)
         ctx.positive(kw["max_len"], f"{path}.max_len")

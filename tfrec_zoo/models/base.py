@@ -41,7 +41,8 @@ class ZooModel(tfrs.models.Model):
     """
 
     export_kind = "ranking"
-    export_options: dict[str, Any] = {}
+    # raw_text: also sign serving_text / rank_text, taking text features as raw strings (the encoder in the graph)
+    export_options: dict[str, Any] = {"raw_text": False}
     broadcasts_context = False
 
     def __init__(self, inputs: dict, outputs: dict, *, spec: FeatureSpec, name: str, logits: dict | None = None,

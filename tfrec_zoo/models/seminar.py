@@ -214,11 +214,11 @@ class LifelongModel(ZooModel):
     to approximate (seminar, twin), "pq", "exact") and `pq_subspaces`; every export stores the modality tables
     computed once (`with_serving_tables`)."""
 
-    export_options = {"gsu": "auto", "pq_subspaces": 16}
+    export_options = {**ZooModel.export_options, "gsu": "auto", "pq_subspaces": 16}
 
     def for_export(self, options: dict, artifacts):
         super().for_export(options, artifacts)           # rejects options it does not know
-        opts = {**self.export_options, **options}
+        opts = {**self.export_options, **options}       # raw_text is the exporter's (ServingModule)
         if opts["gsu"] not in ("auto", "exact", "pq"):
             raise ValueError(f"gsu must be auto, exact or pq, got {opts['gsu']!r}")
         pq_capable = self.config.gsu in PQ_GSUS

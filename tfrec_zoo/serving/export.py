@@ -10,6 +10,10 @@ Signatures (inputs -> one output per task, named by the task; binary/regression 
                      for replaces the context's), but the context is parsed once, not N times; models that
                      `broadcasts_context` (e.g. seminar, twin) get its features at [1, ...].
 * `predict_raw`      the model's raw tensors (ids, floats, padded sequences + `<name>_len` lengths).
+* `serving_text`, `rank_text` (exported with `text_encoders`, `tfrec-zoo export --raw-text`): as serving_default
+                     and rank, but each text feature the model reads is the raw string (a bytes_list of one
+                     value; "" = no text), encoded in the graph by the spec's encoder (MiniLM: tensorflow_text
+                     ops, which stock TF Serving links) instead of a vector the client computes.
 
 The version is written into a temporary directory beside the target and renamed at the end, so a failed export
 never replaces or half-writes a version; only the newest `keep` versions are kept. `assets.extra/
@@ -34,12 +38,15 @@ class ServingModule(tf.Module):
     """The model wrapped with the three signatures above (the keras model is tracked, so its variables and lookup
     tables are saved; nothing of tfrec_zoo is needed to load it)."""
 
-    def __init__(self, model, spec: FeatureSpec, *, call=None, input_model=None, rank: bool = True):
+    def __init__(self, model, spec: FeatureSpec, *, call=None, input_model=None, rank: bool = True,
+                 text_encoders: dict | None = None):
         """`model` is tracked (saved); `call(features) -> dict or tensor` defaults to the keras model itself and
-        `input_model` (whose inputs the request carries) to `model`: a top-K module passes its query tower."""
+        `input_model` (whose inputs the request carries) to `model`: a top-K module passes its query tower.
+        `text_encoders` ({text feature: keras model, strings [B] -> [B, dim]}) add the raw-text signatures."""
         super().__init__()
         self.model = model
         self._spec = spec
+        self.text_encoders = dict(text_encoders or {})
         self._call = call or (lambda features: model(features, training=False))
         inputs_of = input_model or model
         self._features = list(inputs_of.input_names)
@@ -52,6 +59,14 @@ class ServingModule(tf.Module):
                                                              tf.TensorSpec([None], tf.string, name="candidates")])
         # a signature takes flat, named tensors: one positional argument per model input, named by the TensorSpec
         self.predict_raw = tf.function(self._predict_raw, input_signature=raw_specs)
+        if self.text_encoders:
+            unknown = sorted(set(self.text_encoders) - set(self._features))
+            if unknown:
+                raise ValueError(f"text encoders for {unknown}: not inputs of the model ({self._features})")
+            self.serve_text = tf.function(self._serve_text,
+                                          input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+            self.rank_text = tf.function(self._rank_text, input_signature=[
+                tf.TensorSpec([], tf.string, name="context"), tf.TensorSpec([None], tf.string, name="candidates")])
 
     def _outputs(self, features: dict) -> dict:
         out = self._call({k: features[k] for k in self._features})
@@ -62,12 +77,30 @@ class ServingModule(tf.Module):
     def _serve_examples(self, examples):
         return self._outputs(parse_features(self._spec, examples, self._features))
 
-    def _rank(self, context, candidates):
+    def _encoded(self, features: dict) -> dict:
+        """Raw text strings -> the vectors the model was trained on (the same encoder as `data write`)."""
+        out = dict(features)
+        for name, encoder in self.text_encoders.items():
+            texts = features[name]
+            flat = tf.reshape(texts, [-1])
+            vectors = encoder(flat)
+            out[name] = tf.reshape(vectors, tf.concat([tf.shape(texts), tf.shape(vectors)[-1:]], 0))
+        return out
+
+    def _serve_text(self, examples):
+        feats = parse_features(self._spec, examples, self._features, raw_text=list(self.text_encoders))
+        return self._outputs(self._encoded(feats))
+
+    def _rank_text(self, context, candidates):
+        return self._rank(context, candidates, raw_text=list(self.text_encoders))
+
+    def _rank(self, context, candidates, raw_text=()):
         # a model that `broadcasts_context` gets the request-level features once ([1, ...]): a lifelong model then
         # builds the history's steps once instead of once per candidate
         shared = bool(getattr(self.model, "broadcasts_context", False))
-        out = self._outputs(parse_ranking_request(self._spec, context, candidates, self._features,
-                                                  broadcast=not shared))
+        feats = parse_ranking_request(self._spec, context, candidates, self._features, broadcast=not shared,
+                                      raw_text=raw_text)
+        out = self._outputs(self._encoded(feats) if raw_text else feats)
         if not shared:
             return out
         n = tf.shape(candidates)[:1]       # every output one row per candidate, even when no candidate feature varies
@@ -80,6 +113,10 @@ class ServingModule(tf.Module):
         sigs = {"serving_default": self.serve_examples, "predict_raw": self.predict_raw}
         if self._with_rank:
             sigs["rank"] = self.rank
+        if self.text_encoders:
+            sigs["serving_text"] = self.serve_text
+            if self._with_rank:
+                sigs["rank_text"] = self.rank_text
         return sigs
 
 
@@ -99,6 +136,22 @@ def warmup_records(name: str, examples: Sequence[bytes], batch: int = 8) -> list
         log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req))
         records.append(log.SerializeToString())
     return records
+
+
+def text_encoders_for(model, spec: FeatureSpec) -> dict:
+    """{text feature the model reads: the spec encoder's keras model (strings -> vectors)}."""
+    from ..features.spec import TextFeature
+    from ..text import get_encoder
+
+    out = {}
+    for f in spec.row_features:
+        if isinstance(f, TextFeature) and f.name in model.input_names:
+            encoder = get_encoder(f.encoder)
+            base = getattr(encoder, "encoder", encoder)          # the model behind the on-disk cache
+            if not hasattr(base, "keras_model"):
+                raise ValueError(f"text feature {f.name!r}: encoder {f.encoder} has no in-graph model to serve")
+            out[f.name] = base.keras_model
+    return out
 
 
 def export_model(model, spec: FeatureSpec, base_dir: str | Path, name: str, *, warmup_examples: Sequence[bytes] = (),

@@ -25,6 +25,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from .._tf import tf
+import tensorflow_text  # noqa: F401,E402  (registers its ops: stock TF Serving links them, so exports may use them)
 from .signatures import ServingError, Signature, invalid, not_found, predict_protos
 
 log = logging.getLogger(__name__)

@@ -166,12 +166,13 @@ def run_lr(data, log=print) -> dict:
     start = time.perf_counter()
     for c in LR_C_GRID:
         t = time.perf_counter()
-        clf = LogisticRegression(C=c, max_iter=2000, solver="lbfgs")
+        clf = LogisticRegression(C=c, max_iter=5000, tol=1e-8, solver="lbfgs")
         clf.fit(X["train"][sel], y[sel])
         fit_s = time.perf_counter() - t
         valid = scores(spec, splits["valid"], task, clf.predict_proba(X["valid"])[:, 1])["overall"][task]
-        trials.append({"C": c, "valid_auc": valid["auc"], "valid_gauc": valid.get("gauc"), "fit_s": round(fit_s, 2)})
-        log(f"  lr C={c:<5} valid auc {valid['auc']:.4f} gauc {valid.get('gauc', float('nan')):.4f} ({fit_s:.1f} s)")
+        trials.append({"C": c, "valid_auc": valid["auc"], "valid_gauc": valid.get("gauc"), "fit_s": round(fit_s, 2),
+                       "iterations": int(clf.n_iter_[0])})
+        log(f"  lr C={c:<5} valid auc {valid['auc']:.4f} gauc {valid.get('gauc', float('nan')):.4f} ({fit_s:.1f} s, {int(clf.n_iter_[0])} lbfgs iterations)")
         if best is None or valid["auc"] > best[0]:
             best = (valid["auc"], c, clf)
     seconds = time.perf_counter() - start

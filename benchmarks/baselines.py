@@ -104,6 +104,10 @@ def main() -> int:
                    else reference_row(dataset, model, args.set, args.popularity))
             if row is None:
                 continue
+            # the keys the JSON had before (test split, main task), then everything else
+            row = {**{k: row[k] for k in ("dataset", "model", "task")},
+                   **{k: _metric(row, "test", k) for k in ("auc", "gauc", "logloss")},
+                   **{f"valid_{k}": _metric(row, "valid", k) for k in ("auc", "gauc")}, **row}
             rows.append(row)
             _log(f"{dataset:<16} {row['model']:<22} valid auc {_metric(row, 'valid', 'auc'):.4f}  test auc "
                  f"{_metric(row, 'test', 'auc'):.4f}  gauc {_metric(row, 'test', 'gauc'):.4f}  logloss "

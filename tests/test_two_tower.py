@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfrec_zoo._tf import tf
+from tfrec_zoo._tf import keras, tf
 from tfrec_zoo.data import open_dataset
 from tfrec_zoo.data.builders import build
 from tfrec_zoo.features import Artifacts, parse_spec
@@ -240,3 +240,35 @@ def test_ml_latest_small_with_item_features_and_popularity(tmp_path: Path):
             assert 0 <= m["recall@100"] <= 1 and m["n_users"] == report["protocol"]["users"]
     got_ids, vec = item_embeddings(model, item_ids=ids, item_features=feats)
     assert vec.shape == (len(ids), 16)
+
+
+def test_multi_interest_queries_rank_items_by_their_best_interest():
+    """Evaluation and the exact top-K export take [B, K, d] query vectors + a mask (K = 1: one vector)."""
+    from tfrec_zoo.retrieval import BruteForceIndex, ScannIndex, as_interests, brute_force_topk_model, search_interests
+
+    rng = np.random.default_rng(0)
+    items = rng.standard_normal((300, 8)).astype(np.float32)
+    q = rng.standard_normal((5, 3, 8)).astype(np.float32)
+    mask = np.array([[1, 1, 1], [1, 0, 0], [1, 1, 0], [0, 1, 1], [1, 1, 1]], bool)
+    scores = np.einsum("bkd,nd->bkn", q, items)
+    best = np.where(mask[:, :, None], scores, -np.inf).max(axis=1)
+    want = np.argsort(-best, axis=1, kind="stable")[:, :10]
+    for index in (BruteForceIndex(items), ScannIndex(items, 10, num_leaves=1, reorder=300)):
+        ids, got_scores = search_interests(index, q, mask, 10)
+        np.testing.assert_array_equal(ids, want)
+        np.testing.assert_allclose(got_scores, np.take_along_axis(best, want, 1), rtol=1e-4)
+    # K = 1 is the index's own answer; a [n, d] output is K = 1
+    vec, m = as_interests(q[:, 0])
+    assert vec.shape == (5, 1, 8) and m.all()
+    np.testing.assert_array_equal(search_interests(BruteForceIndex(items), vec, m, 7)[0],
+                                  BruteForceIndex(items).search(q[:, 0], 7)[0])
+    # the exact top-K export of a multi-interest tower: max over the valid interests, in the graph
+    inp = keras.Input((3,), name="user")
+    interests = keras.layers.Reshape((3, 8))(keras.layers.Dense(24, use_bias=False, name="proj")(inp))
+    tower = keras.Model(inp, {"interests": interests, "mask": keras.layers.Lambda(lambda x: x > 0)(inp)})
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    topk = brute_force_topk_model(tower, np.arange(300) + 1000, items, k=5)
+    out = topk({"user": x})
+    t = tower.predict(x, verbose=0)
+    best = np.where(t["mask"][:, :, None], np.einsum("bkd,nd->bkn", t["interests"], items), -np.inf).max(axis=1)
+    np.testing.assert_array_equal(out["ids"].numpy(), np.argsort(-best, axis=1, kind="stable")[:, :5] + 1000)

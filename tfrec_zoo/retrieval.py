@@ -9,6 +9,53 @@ import numpy as np
 
 from ._tf import tf
 
+# -- query vectors: one per query, or K interests per query -------------------------------------------------------------
+def as_interests(output) -> tuple[np.ndarray, np.ndarray]:
+    """A query tower's output as ([n, K, d] vectors, [n, K] bool mask): [n, d] is K = 1; [n, K, d] has every
+    interest valid; {"interests": [n, K, d], "mask": [n, K]} says which are (a user with fewer interests)."""
+    if isinstance(output, dict):
+        vectors, mask = np.asarray(output["interests"], np.float32), np.asarray(output["mask"]).astype(bool)
+    else:
+        vectors = np.asarray(output, np.float32)
+        if vectors.ndim == 2:
+            vectors = vectors[:, None, :]
+        mask = np.ones(vectors.shape[:2], bool)
+    if vectors.ndim != 3 or mask.shape != vectors.shape[:2]:
+        raise ValueError(f"query vectors must be [n, d] or [n, K, d] with a [n, K] mask; got {vectors.shape} and "
+                         f"mask {mask.shape}")
+    return vectors, mask
+
+
+def merge_interest_results(ids: np.ndarray, scores: np.ndarray, mask: np.ndarray, k: int
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-interest top lists ([n, K, k'] positions and scores) -> each query's top-k distinct items by their best
+    score over its valid interests (what max-over-interests scoring ranks); -1 pads rows with fewer items."""
+    n, n_int, width = ids.shape
+    scores = np.where(mask[:, :, None], scores, -np.inf).reshape(n, n_int * width)
+    ids = np.where(mask[:, :, None], ids, -1).reshape(n, n_int * width)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ids, scores = np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
+    out_ids, out_scores = np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
+    for r in range(n):
+        row = ids[r]
+        valid = (row >= 0) & np.isfinite(scores[r])
+        _, first = np.unique(row[valid], return_index=True)      # the first (best) occurrence of each item
+        keep = np.sort(np.flatnonzero(valid)[first])[:k]
+        out_ids[r, :len(keep)], out_scores[r, :len(keep)] = row[keep], scores[r][keep]
+    return out_ids, out_scores
+
+
+def search_interests(index, vectors: np.ndarray, mask: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of queries with K interests each through any index's `.search`: K = 1 is the index's own answer."""
+    n, n_int, d = vectors.shape
+    if n_int == 1:
+        ids, scores = index.search(vectors[:, 0], k)
+        ids = np.where(mask[:, :1], ids, -1)
+        return ids, np.where(mask[:, :1], scores, -np.inf)
+    ids, scores = index.search(vectors.reshape(n * n_int, d), k)
+    return merge_interest_results(ids.reshape(n, n_int, -1), scores.reshape(n, n_int, -1), mask, k)
+
+
 # -- indexes -----------------------------------------------------------------------------------------------------------
 class BruteForceIndex:
     """Exact top-K by dot product: TF matmul + tf.math.top_k over query chunks. `search` returns (positions, scores)
@@ -128,6 +175,15 @@ class TopKModel(tf.Module):
         idx, scores = self._topk(q)
         return {"ids": tf.gather(self.item_ids, idx), "scores": scores}
 
+    @staticmethod
+    def _interests(q):
+        """([B, K, d], [B, K] bool) of a query tower's output ([B, d], [B, K, d] or {"interests", "mask"})."""
+        if isinstance(q, dict):
+            return q["interests"], tf.cast(q["mask"], tf.bool)
+        if q.shape.rank == 2:
+            q = q[:, None, :]
+        return q, tf.ones(tf.shape(q)[:2], tf.bool)
+
     def _topk(self, q):  # pragma: no cover - subclasses
         raise NotImplementedError
 
@@ -139,7 +195,11 @@ class _BruteForceTopK(TopKModel):
         self.item_vectors = tf.Variable(vectors, trainable=False, name="item_vectors")
 
     def _topk(self, q):
-        scores, idx = tf.math.top_k(tf.matmul(q, self.item_vectors, transpose_b=True), k=self.k)
+        # max over a query's valid interests (K = 1: the plain dot product)
+        interests, mask = self._interests(q)
+        per_interest = tf.einsum("bkd,nd->bkn", interests, self.item_vectors)
+        per_interest = tf.where(mask[:, :, None], per_interest, tf.constant(-np.inf, per_interest.dtype))
+        scores, idx = tf.math.top_k(tf.reduce_max(per_interest, axis=1), k=self.k)
         return idx, scores
 
 
@@ -154,6 +214,10 @@ class _ScannTopK(TopKModel):
     def _topk(self, q):
         from scann import scann_ops
 
+        if isinstance(q, dict) or q.shape.rank != 2:
+            raise NotImplementedError("a ScaNN top-K export of a multi-interest query tower is not built; export "
+                                      "the exact top-K (NAME_topk), or search per interest offline "
+                                      "(tfrec_zoo.retrieval.search_interests)")
         handle = self.scann_state.recreate_handle()
         res = scann_ops.scann_search_batched(handle, q, self.k, self._pre, -1, self._parallel)
         return res.indices, res.distances
@@ -188,7 +252,7 @@ def load_topk_model(path):
     return tf.saved_model.load(str(path))
 
 
-# -- the item table of a retrieval model (query_model / item_model / item_key / item_inputs / spec) ----------------------------------------------------------------------------------------------------
+# -- the item table of a retrieval model (query_model / item_model / item_key / item_inputs / spec) ---------------
 def item_vocabulary(model, artifacts) -> np.ndarray:
     """The raw ids of every item of the item id's vocabulary (the retrieval corpus), in vocabulary order."""
     table = model.spec.table_of(model.item_key)

@@ -2,7 +2,7 @@
 among the row's sampled negatives (`eval_negatives`, 99 in the lifelong datasets).
 
 Every row becomes 1 + N candidate rows that share the row's user, history and query and differ in the item id;
-the model scores them (by logit when it has a `<task>_logit` layer: float32 sigmoids of strong candidates
+the model scores them (by the logit it declares, `score_model(task)`: float32 sigmoids of strong candidates
 saturate to 1.0 and would tie); HIT@k / NDCG@k / MRR count ties against the model (tfrec_zoo.metrics).
 
 Modes (digest §1.7): "recommendation" empties every query (the target's and the history's: no search intent),
@@ -17,7 +17,7 @@ import numpy as np
 
 from tfrec_zoo import metrics as M
 from tfrec_zoo.models.common import EVAL_NEGATIVES
-from tfrec_zoo._tf import keras, tf
+from tfrec_zoo._tf import tf
 
 MODES = ("recommendation", "search")
 
@@ -54,12 +54,10 @@ def query_columns(spec, model_inputs: Sequence[str]) -> list[str]:
 
 
 def scoring_model(model, task: str):
-    """(model whose output is the task's logit (or probability), "logit" | "prob")."""
-    try:
-        layer = model.get_layer(f"{task}_logit")
-        return keras.Model(model.inputs, layer.output), "logit"
-    except (ValueError, AttributeError):
-        return model, "prob"
+    """(model whose output is the task's logit, "logit") when the model declares one (`ZooModel.score_model`),
+    else (the model, "prob")."""
+    scorer = model.score_model(task) if hasattr(model, "score_model") else None
+    return (scorer, "logit") if scorer is not None else (model, "prob")
 
 
 def evaluate_sampled(model, data, split: str = "test", *, modes: Sequence[str] = MODES,

@@ -12,7 +12,7 @@ import numpy as np
 
 from tfrec_zoo._tf import keras, tf
 from tfrec_zoo.metrics import retrieval_metrics
-from tfrec_zoo.retrieval import BruteForceIndex, ScannIndex, item_embeddings
+from tfrec_zoo.retrieval import BruteForceIndex, ScannIndex, as_interests, item_embeddings, search_interests
 
 
 class RetrievalEarlyStopping(keras.callbacks.Callback):
@@ -188,7 +188,8 @@ def evaluate_retrieval(model, data, *, split: str = "test", ks: Sequence[int] = 
 
     # queries through the index, over-fetching each chunk's largest seen count so K remain after filtering
     qfeats = {k: cols[k][first] for k in model.query_inputs}
-    qvec = np.asarray(model.query_model.predict(qfeats, batch_size=8192, verbose=0), np.float32)
+    # [n, K, d] + mask: K interests per query (K = 1 for a single query vector), scored by their best interest
+    qvec, qmask = as_interests(model.query_model.predict(qfeats, batch_size=8192, verbose=0))
     if isinstance(index, str):
         index = BruteForceIndex(vectors) if index == "brute_force" else ScannIndex(vectors, k_max)
     top_all = np.full((n_users, k_max), -1, np.int64)
@@ -196,7 +197,7 @@ def evaluate_retrieval(model, data, *, split: str = "test", ks: Sequence[int] = 
     for lo in range(0, n_users, chunk):
         hi = min(n_users, lo + chunk)
         fetch = int(min(n_items, k_max + n_seen[lo:hi].max(initial=0)))
-        pos, _ = index.search(qvec[lo:hi], fetch)
+        pos, _ = search_interests(index, qvec[lo:hi], qmask[lo:hi], fetch)
         w = min(k_max, pos.shape[1])
         top_all[lo:hi, :w] = pos[:, :w]
         f = filter_seen(pos, np.arange(lo, hi), seen_keys, n_items, k_max)
@@ -223,6 +224,6 @@ def evaluate_retrieval(model, data, *, split: str = "test", ks: Sequence[int] = 
     }
     if return_lists:
         out["lists"] = {"all": top_all, "filtered": top_filt, "item_ids": item_ids, "relevant": relevant,
-                        "seen_keys": seen_keys, "query_vectors": qvec, "item_vectors": vectors,
+                        "seen_keys": seen_keys, "query_vectors": qvec[:, 0] if qvec.shape[1] == 1 else qvec, "item_vectors": vectors,
                         "users": eval_users}
     return out

@@ -78,6 +78,11 @@ def test_train_writes_a_complete_run_and_evaluate_reproduces_it(ml_small, tmp_pa
     assert list((run / "checkpoints").glob("ckpt-001*"))
     test = result.metrics["test"]["overall"]["like"]
     assert 0.5 < test["auc"] <= 1.0 and 0.0 < test["logloss"] < 1.0 and test["gauc_groups"] > 0
+    # the rating head is trained with weight 0 (tasks: {rating: {loss_weight: 0}}): nothing to report for it,
+    # neither after training nor in the epoch logs
+    assert set(result.metrics["test"]["overall"]) == {"like"}
+    assert not [k for k in result.history if "rating" in k]
+    assert "ignored features of the spec (not model inputs): history.hist_rating" in (run / "summary.md").read_text()
     assert test["count"] == open_dataset(ml_small).rows("test")
     again = evaluate_run(run, log=lambda *_: None)
     assert again["test"]["overall"]["like"]["auc"] == pytest.approx(test["auc"], abs=1e-6)

@@ -7,7 +7,7 @@ from .._tf import keras
 from ..inputs import FeatureEmbeddings, build_inputs
 from ..layers import MixtureOfExperts
 from . import register_model
-from .common import concat, embed_fields, functional_model, heads, mlp, pooled_sequences
+from .common import concat, embed_fields, functional_model, head, mlp, pooled_sequences
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,8 @@ def mmoe(spec, artifacts, cfg: MMoEConfig):
     x = concat(embed_fields(spec, emb, inputs).all() + pooled_sequences(spec, emb, inputs), "mmoe_concat")
     labels = spec.labels
     task_inputs = MixtureOfExperts(cfg.num_experts, cfg.expert_units, len(labels), cfg.dropout, name="mmoe")(x)
-    towers = {lab.task: mlp(t, cfg.tower_units, dropout=cfg.dropout, name=f"tower_{lab.task}")
-              for lab, t in zip(labels, task_inputs)}
-    outputs, logits = heads(labels, towers)
+    outputs, logits = {}, {}
+    for lab, t in zip(labels, task_inputs):    # tower then head per task: the order layers draw their init
+        tower = mlp(t, cfg.tower_units, dropout=cfg.dropout, name=f"tower_{lab.task}")
+        outputs[lab.task], logits[lab.task] = head(lab, tower)
     return functional_model(inputs, outputs, "mmoe", spec, logits=logits)

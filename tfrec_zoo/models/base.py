@@ -36,8 +36,9 @@ from .tasks import pointwise_tasks
 class ZooModel(tfrs.models.Model):
     """A functional zoo model with tasks, auxiliary losses and the declarations above.
 
-    Subclasses add auxiliary losses by passing `aux_outputs` (named intermediate tensors, computed in training only)
-    and overriding `auxiliary_losses`, with their default weights in `default_loss_weights`.
+    Subclasses add auxiliary losses by passing `aux_outputs` (named intermediate tensors, computed only while an
+    auxiliary loss has a weight) and `aux_loss_weights` (their names and default weights), and overriding
+    `auxiliary_losses`.
     """
 
     export_kind = "ranking"

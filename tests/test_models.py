@@ -224,3 +224,11 @@ def test_freeze_levels_come_from_the_layers_not_their_names():
     assert any(n.startswith("fm_proj") for n in level1)          # DeepFM's projections into its factor space
     assert not any(n.startswith(("dnn_", "linear", "click_", "fm")) and not n.startswith("fm_proj") for n in level1)
     assert all(not model.get_layer(n).trainable for n in level1 if n in {x.name for x in model.layers})
+    # a level is what the layer says, not what its name looks like
+    from tfrec_zoo.inputs import at_level
+
+    x = keras.Input((3,))
+    named_like_a_table = keras.layers.Dense(2, name="emb_lookalike")
+    marked = at_level(keras.layers.Dense(2, name="plain_name"), 0)
+    toy = keras.Model(x, marked(named_like_a_table(x)))
+    assert freeze(toy, level=1) == ["plain_name"] and named_like_a_table.trainable

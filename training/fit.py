@@ -108,7 +108,7 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         os.replace(tmp, self.state_dir / "state.json")
 
 
-def early_stopping(exp: Experiment, model, data: DatasetDir, run_dir: Path | None = None) -> list:
+def early_stopping_callbacks(exp: Experiment, model, data: DatasetDir, run_dir: Path | None = None) -> list:
     """The experiment's early-stopping callback (checked against what the model logs), or []."""
     es = exp.early_stopping
     if not es:
@@ -161,7 +161,7 @@ def fit_model(model_name: str, data: DatasetDir, params: dict | None = None, *, 
     model = compile_model(exp, data)
     if early_stopping and "valid" not in data.manifest["splits"]:
         raise ValueError(f"{data.path}: early_stopping needs a valid split")
-    cbs = globals()["early_stopping"](exp, model, data)
+    cbs = early_stopping_callbacks(exp, model, data)
     history = fit(model, exp, data, callbacks=cbs, verbose=verbose, drop_remainder=drop_remainder)
     if cbs:
         history.best_epoch = cbs[0].best_epoch

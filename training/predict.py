@@ -46,7 +46,8 @@ def predictions(model, data: DatasetDir, split: str, batch_size: int = 4096):
         out = out if isinstance(out, dict) else {"prediction": out}
         for k in keys:
             v = feats[k].numpy()
-            cols.setdefault(k, []).append(v.astype(str) if v.dtype == object else v)
+            # string keys come back as bytes: decode them (astype(str) would write "b'...'")
+            cols.setdefault(k, []).append(np.array([x.decode() for x in v], dtype=object) if v.dtype == object else v)
         for task, v in out.items():
             cols.setdefault(task, []).append(np.asarray(v))
     frame = {}

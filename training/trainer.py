@@ -33,7 +33,7 @@ from tfrec_zoo.data import DatasetDir
 from .datasets import resolve_dataset, train_dataset, with_domain_weights  # noqa: F401  (their old home)
 from .evaluation import evaluate_run_model
 from .experiment import Experiment
-from .fit import ModelBuildError, build, compile_model, early_stopping, fit, make_optimizer  # noqa: F401
+from .fit import ModelBuildError, build, compile_model, early_stopping_callbacks, fit, make_optimizer  # noqa: F401
 from .restore import RestoreReport, copy_variables, freeze
 from .runs import atomic_save, is_finished, load_run, mark_finished, new_run_dir  # noqa: F401
 from .strategies import is_chief, is_multi_worker, is_parameter_server
@@ -138,7 +138,7 @@ def _train(exp: Experiment, run_dir: Path, data: DatasetDir, *, strategy, verbos
     backup_freq = "epoch" if is_parameter_server(strategy) else _backup_freq(exp, data)
     # early stopping first: a retrieval stopper writes its score into the epoch logs the CSV / TensorBoard loggers
     # read; its state file lives in run_dir (the chief's), so a resumed run stops where the uninterrupted one does
-    stoppers = early_stopping(exp, model, data, run_dir if chief else None)
+    stoppers = early_stopping_callbacks(exp, model, data, run_dir if chief else None)
     cbs = stoppers + [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq=backup_freq),
         keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoints" / "ckpt-{epoch:03d}"), save_weights_only=True),

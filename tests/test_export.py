@@ -221,3 +221,32 @@ def test_raw_text_signatures_encode_in_the_graph_like_data_write(runs):
     # an option the model does not take is an error naming it
     with pytest.raises(ValueError, match="export options \\['raw_txt'\\] do not apply"):
         export_run(run_dirs["din"], "x", root / "sm_x", options={"raw_txt": True}, log=lambda *_: None)
+
+
+def test_predict_raw_refuses_lengths_outside_the_padded_width_and_nan(runs):
+    """predict_raw takes the model's tensors as they are: a `<seq>_len` above the padded width or below 0, and a
+    NaN in a float input, would be scored as if fine; the exported graph refuses them (INVALID_ARGUMENT)."""
+    root, run_dirs = runs
+    version = export_run(run_dirs["din"], "din_raw", root / "sm_raw", warmup=0, parity_rows=8, log=lambda *_: None)
+    fn = tf.saved_model.load(str(version)).signatures["predict_raw"]
+    exp = load_experiment(run_dirs["din"] / "config.yaml")
+    data = resolve_dataset(exp.dataset)
+    names = list(fn.structured_input_signature[1])
+    from tfrec_zoo.data.reader import parse_features
+
+    good = parse_features(data.spec, tf.constant(validation_records(data, 3)), names)
+    assert set(fn(**good)) >= {"like"}
+    lengths = [n for n in names if n.endswith("_len")]
+    floats = [n for n in names if good[n].dtype.is_floating]
+    assert lengths and floats, names
+    width = fn.structured_input_signature[1][lengths[0].removesuffix("_len")].shape[-1] if \
+        lengths[0].removesuffix("_len") in names else None
+    for name, value, word in [(lengths[0], 10_000, "longer than the padded width"),
+                              (lengths[0], -1, "negative length"), (floats[0], float("nan"), "NaN")]:
+        bad = dict(good)
+        bad[name] = tf.tensor_scatter_nd_update(good[name], [[0]], tf.cast([value], good[name].dtype)) \
+            if good[name].shape.rank == 1 else tf.where(tf.range(3)[:, None] == 0, tf.cast(value, good[name].dtype),
+                                                        good[name])
+        with pytest.raises(tf.errors.InvalidArgumentError, match=word):
+            fn(**bad)
+    assert width is None or width < 10_000

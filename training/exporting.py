@@ -7,16 +7,17 @@ model's predictions (max abs difference <= 1e-5), so a version that would serve 
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from tfrec_zoo._tf import tf
 from tfrec_zoo.data.reader import parse_features
-from tfrec_zoo.serving.export import ServingModule, export_model, text_encoders_for, write_models_config
+from tfrec_zoo.serving.export import ServingModule, export_model, text_encoders_for
 
 from .runs import load_run
 
@@ -41,8 +42,11 @@ def validation_records(data, n: int, split: str = "valid") -> list[bytes]:
 def fresh_process_outputs(version_dir: Path, records: list[bytes], imports: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """serving_default of an exported version, evaluated by a new Python that imports TensorFlow only (plus
     `imports`, e.g. scann for a ScaNN top-K graph)."""
-    tmp = version_dir.parent / f".parity-{version_dir.name}.json"
-    tmp.write_text(json.dumps([r.hex() for r in records]))
+    # the records travel in a temp file of the system's (a killed check leaves nothing in the model's directory)
+    fd, name = tempfile.mkstemp(prefix="tfrec-zoo-parity-", suffix=".json")
+    tmp = Path(name)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps([r.hex() for r in records]))
     try:
         p = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, str(version_dir), str(tmp), *imports], capture_output=True,
                            text=True, timeout=600, env={"TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"})
@@ -80,10 +84,13 @@ def export_run(run_dir: str | Path, name: str, base_dir: str | Path = "saved_mod
         if not encoders:
             raise ValueError(f"{run_dir}: --raw-text: {exp.model} reads no text feature of {data.spec.source}")
         module = ServingModule(served, data.spec, text_encoders=encoders)
+    # checked while staged: the version becomes visible to a server only once a fresh process serves the model's
+    # numbers. The text signatures hold tensorflow_text ops (the ones stock TF Serving links): load them as it does
+    worst = []
     version_dir = export_model(served, data.spec, base_dir, name, warmup_examples=records[:warmup], keep=keep,
-                               module=module)
-    # the text signatures hold tensorflow_text ops (the ones stock TF Serving links): load them as it does
-    worst = _check_parity(version_dir, expected, records, imports=("tensorflow_text",) if module else ())
+                               module=module, check=lambda path: worst.append(_check_parity(
+                                   path, expected, records, imports=("tensorflow_text",) if module else ())))
+    worst = worst[0]
     signatures = "serving_default, rank, predict_raw" + (", serving_text, rank_text" if module else "")
     log(f"exported {version_dir} (signatures {signatures}; outputs {sorted(expected)}; "
         f"{min(warmup, len(records))} warmup examples); fresh-process parity on {len(records)} validation examples: "
@@ -92,19 +99,16 @@ def export_run(run_dir: str | Path, name: str, base_dir: str | Path = "saved_mod
 
 
 def _check_parity(version_dir: Path, expected: dict, records, imports=(), exact: tuple[str, ...] = ()) -> float:
-    """Max abs difference between a fresh process's serving_default and `expected`; `exact` outputs must be equal.
-    A mismatching version is removed (so TF Serving never picks it up) and the error raised."""
+    """Max abs difference between a fresh process's serving_default and `expected`; `exact` outputs must be equal
+    (raises otherwise: the staged version is then not published)."""
     served = fresh_process_outputs(version_dir, records, imports)
     equal = set(served) == set(expected)
     worst = max((float(np.max(np.abs(served[k].astype(np.float64) - np.asarray(expected[k], np.float64))))
                  for k in expected if k not in exact), default=0.0) if equal else float("inf")
     equal = equal and all(np.array_equal(served[k], np.asarray(expected[k])) for k in exact)
     if not equal or worst > 1e-5:
-        base = version_dir.parent.parent
-        shutil.rmtree(version_dir, ignore_errors=True)
-        write_models_config(base)
         raise RuntimeError(f"{version_dir}: served outputs differ from the model's (max abs diff {worst:.2e}"
-                           f"{'' if equal else '; outputs ' + str(sorted(served)) + ' vs ' + str(sorted(expected)) + ' or ' + '/'.join(exact) + ' differ'}); removed")
+                           f"{'' if equal else '; outputs ' + str(sorted(served)) + ' vs ' + str(sorted(expected)) + ' or ' + '/'.join(exact) + ' differ'}); not published")
     return worst
 
 
@@ -117,8 +121,6 @@ def export_retrieval_run(model, data, name: str, base_dir, records, *, keep: int
     from tfrec_zoo.retrieval import brute_force_topk_model, item_embeddings
     from tfrec_zoo.serving.export import export_retrieval
 
-    paths = export_retrieval(model, data.spec, data.artifacts, base_dir, name, k=k, warmup_examples=records[:warmup],
-                             keep=keep, scann=scann)
     records_t = tf.constant(records)
     q_feats = parse_features(data.spec, records_t, list(model.query_model.input_names))
     i_feats = parse_features(data.spec, records_t, list(model.item_model.input_names))
@@ -128,22 +130,25 @@ def export_retrieval_run(model, data, name: str, base_dir, records, *, keep: int
                 "topk": {k_: v.numpy() for k_, v in brute_force_topk_model(model.query_model, ids, vectors,
                                                                            k)(q_feats).items()}}
     report = []
-    try:
-        for suffix in ("query", "item", "topk"):
-            diff = _check_parity(paths[suffix], expected[suffix], records, exact=("ids",) if suffix == "topk" else ())
+
+    def parity(suffix: str):
+        def check(path: Path) -> None:
+            diff = _check_parity(path, expected[suffix], records, exact=("ids",) if suffix == "topk" else ())
             report.append(f"{name}_{suffix} {diff:.1e}")
-        if "topk_scann" in paths:
-            # the index is rebuilt from its saved tensors at load: compare with this process's load of the export
-            loaded = tf.saved_model.load(str(paths["topk_scann"])).signatures["serving_default"]
-            in_process = {k_: v.numpy() for k_, v in loaded(examples=records_t).items()}
-            diff = _check_parity(paths["topk_scann"], in_process, records, imports=("scann",), exact=("ids",))
-            report.append(f"{name}_topk_scann {diff:.1e} (with import scann)")
-    except Exception:
-        for p in paths.values():                    # all four or none: a half-exported model is not servable
-            if p.exists():
-                shutil.rmtree(p, ignore_errors=True)
-        write_models_config(base_dir)
-        raise
+        return check
+
+    def scann_parity(path: Path) -> None:
+        # the index is rebuilt from its saved tensors at load: compare with this process's load of the export
+        loaded = tf.saved_model.load(str(path)).signatures["serving_default"]
+        in_process = {k_: v.numpy() for k_, v in loaded(examples=records_t).items()}
+        diff = _check_parity(path, in_process, records, imports=("scann",), exact=("ids",))
+        report.append(f"{name}_topk_scann {diff:.1e} (with import scann)")
+
+    checks = {suffix: parity(suffix) for suffix in ("query", "item", "topk")}
+    if scann:
+        checks["topk_scann"] = scann_parity
+    paths = export_retrieval(model, data.spec, data.artifacts, base_dir, name, k=k, warmup_examples=records[:warmup],
+                             keep=keep, scann=scann, checks=checks)
     log(f"exported {', '.join(str(p) for p in paths.values())} (top-{k} over {len(ids):,} items; "
         f"{min(warmup, len(records))} warmup examples); fresh-process parity on {len(records)} validation "
         f"examples, max abs diff: {'; '.join(report)}")

@@ -15,8 +15,10 @@ Signatures (inputs -> one output per task, named by the task; binary/regression 
                      value; "" = no text), encoded in the graph by the spec's encoder (MiniLM: tensorflow_text
                      ops, which stock TF Serving links) instead of a vector the client computes.
 
-The version is written into a temporary directory beside the target and renamed at the end, so a failed export
-never replaces or half-writes a version; only the newest `keep` versions are kept. `assets.extra/
+A version is staged in a hidden directory (`NAME/.tmp-<version>-<pid>/`) that no version scan picks up, checked
+there (the exporter's fresh-process parity), and only then renamed to `NAME/<version>`: a server polling the
+directory never sees an unchecked or half-written version, and a staging directory left by a killed export is
+removed by the next export. Only the newest `keep` versions are kept. `assets.extra/
 tf_serving_warmup_requests` holds PredictionLog records built from real examples, replayed by TF Serving at load.
 """
 from __future__ import annotations
@@ -24,8 +26,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 from .._tf import tf
 from ..data.reader import parse_features, parse_ranking_request
@@ -51,6 +54,9 @@ class ServingModule(tf.Module):
         inputs_of = input_model or model
         self._features = list(inputs_of.input_names)
         self._with_rank = rank
+        # `<feature>_len` inputs of padded lists -> their padded width, checked on predict_raw requests
+        self._length_inputs = {f.length_name: f.max_len for f in spec.inputs
+                               if hasattr(f, "length_name") and f.length_name in self._features}
         raw_specs = [tf.TensorSpec(t.shape, t.dtype, name=name)
                      for name, t in zip(inputs_of.input_names, inputs_of.inputs)]
         self.serve_examples = tf.function(self._serve_examples,
@@ -107,7 +113,21 @@ class ServingModule(tf.Module):
         return {k: tf.broadcast_to(v, tf.concat([n, tf.shape(v)[1:]], 0)) for k, v in out.items()}
 
     def _predict_raw(self, *tensors):
-        return self._outputs(dict(zip(self._features, tensors)))
+        features = dict(zip(self._features, tensors))
+        # the parsed paths (serving_default, rank) cannot produce these; a raw request can, and the model would
+        # answer them with a number: a length outside [0, padded width] reads padding or nothing, NaN spreads
+        checks = []
+        for name, width in self._length_inputs.items():
+            n = features[name]
+            checks.append(tf.debugging.assert_non_negative(n, message=f"predict_raw: {name} has a negative length"))
+            checks.append(tf.debugging.assert_less_equal(
+                n, tf.cast(width, n.dtype), message=f"predict_raw: {name} is longer than the padded width {width}"))
+        for name, t in features.items():
+            if t.dtype.is_floating:
+                checks.append(tf.debugging.assert_all_finite(t, f"predict_raw: {name} has NaN or inf values"))
+        with tf.control_dependencies(checks):
+            features = {k: tf.identity(v) for k, v in features.items()}
+        return self._outputs(features)
 
     def signatures(self) -> dict:
         sigs = {"serving_default": self.serve_examples, "predict_raw": self.predict_raw}
@@ -154,36 +174,116 @@ def text_encoders_for(model, spec: FeatureSpec) -> dict:
     return out
 
 
-def export_model(model, spec: FeatureSpec, base_dir: str | Path, name: str, *, warmup_examples: Sequence[bytes] = (),
-                 version: int | None = None, keep: int = 5, module: ServingModule | None = None,
-                 options=None) -> Path:
-    """Export `model` (or a prepared `module`) as version `version` (default: latest + 1) of `base_dir/name`;
-    returns the version dir."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+Check = Callable[[Path], None]  # raises if the SavedModel at that path must not be served
+
+
+@dataclass
+class StagedVersion:
+    """A version written but not yet visible: the SavedModel at `path`, inside a hidden staging directory that no
+    version scan (ours or TF Serving's, which take integer names only) can pick up."""
+
+    model_dir: Path
+    version: int
+    root: Path
+
+    @property
+    def path(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def final(self) -> Path:
+        return self.model_dir / str(self.version)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_staging(model_dir: Path) -> list[Path]:
+    """Staging directories (`.tmp-<version>-<pid>`) whose exporter is gone: killed mid-export, never published."""
+    removed = []
+    for p in model_dir.glob(".tmp-*"):
+        m = re.fullmatch(r"\.tmp-[0-9]+-([0-9]+)", p.name)
+        if m and p.is_dir() and not _alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def stage_model(model, spec: FeatureSpec, base_dir: str | Path, name: str, *,
+                warmup_examples: Sequence[bytes] = (), version: int | None = None,
+                module: ServingModule | None = None, options=None) -> StagedVersion:
+    """Writes `model` (or a prepared `module`) as version `version` (default: latest + 1) of `base_dir/name`,
+    staged: nothing is visible until `publish`."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".tmp-" in name:
         raise ValueError(f"model name {name!r}: use letters, digits, '_', '.', '-' (it becomes a directory and a URL)")
     model_dir = Path(base_dir) / name
     model_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(model_dir)
     existing = versions(model_dir)
     version = version if version is not None else (existing[-1] + 1 if existing else 1)
     if version in existing:
         raise FileExistsError(f"{model_dir / str(version)} exists; versions are immutable, export a new one")
-    tmp = model_dir / f".tmp-{version}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    staged = StagedVersion(model_dir, version, model_dir / f".tmp-{version}-{os.getpid()}")
+    staged.discard()
     try:
+        staged.root.mkdir()
         module = module or ServingModule(model, spec)
-        tf.saved_model.save(module, str(tmp), signatures=module.signatures(), options=options)
+        tf.saved_model.save(module, str(staged.path), signatures=module.signatures(), options=options)
         if warmup_examples:
-            (tmp / "assets.extra").mkdir()
-            with tf.io.TFRecordWriter(str(tmp / "assets.extra" / WARMUP_FILE)) as w:
+            (staged.path / "assets.extra").mkdir()
+            with tf.io.TFRecordWriter(str(staged.path / "assets.extra" / WARMUP_FILE)) as w:
                 for rec in warmup_records(name, warmup_examples):
                     w.write(rec)
-        os.replace(tmp, model_dir / str(version))
+    except BaseException:
+        staged.discard()
+        raise
+    return staged
+
+
+def publish(staged: Sequence[StagedVersion], *, keep: int = 5) -> list[Path]:
+    """Renames staged versions into place (a server polling the model dirs sees each version whole, and only
+    now), keeps the newest `keep` of each model and rewrites models.config."""
+    out = []
+    try:
+        for st in staged:
+            os.replace(st.path, st.final)
+            out.append(st.final)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    for old in versions(model_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(model_dir / str(old), ignore_errors=True)
-    write_models_config(base_dir)
-    return model_dir / str(version)
+        for st in staged:
+            st.discard()
+    for st in staged:
+        for old in versions(st.model_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(st.model_dir / str(old), ignore_errors=True)
+    if staged:
+        write_models_config(staged[0].model_dir.parent)
+    return out
+
+
+def export_model(model, spec: FeatureSpec, base_dir: str | Path, name: str, *, warmup_examples: Sequence[bytes] = (),
+                 version: int | None = None, keep: int = 5, module: ServingModule | None = None,
+                 options=None, check: Check | None = None) -> Path:
+    """Export `model` (or a prepared `module`) as version `version` (default: latest + 1) of `base_dir/name`;
+    returns the version dir. `check(path)` runs on the staged SavedModel first: if it raises, nothing is
+    published (a failed or killed export never shows a version to a server)."""
+    staged = stage_model(model, spec, base_dir, name, warmup_examples=warmup_examples, version=version,
+                         module=module, options=options)
+    try:
+        if check is not None:
+            check(staged.path)
+    except BaseException:
+        staged.discard()
+        raise
+    return publish([staged], keep=keep)[0]
 
 
 def write_models_config(base_dir: str | Path) -> Path:
@@ -201,24 +301,33 @@ def write_models_config(base_dir: str | Path) -> Path:
 
 
 def export_retrieval(model, spec: FeatureSpec, artifacts, base_dir: str | Path, name: str, *, k: int = 100,
-                     warmup_examples: Sequence[bytes] = (), keep: int = 5, scann: bool = True) -> dict[str, Path]:
+                     warmup_examples: Sequence[bytes] = (), keep: int = 5, scann: bool = True,
+                     checks: Mapping[str, Check] | None = None) -> dict[str, Path]:
     """A retrieval model (query_model / item_model towers) as four TF Serving models: NAME_query and NAME_item (the towers: `embedding`),
     NAME_topk (query tower + exact top-K over every item: `ids`, `scores`; stock TF ops) and NAME_topk_scann
     (the same through ScaNN: needs scann's ops, i.e. the ScaNN build of TF Serving). Each takes serialized
-    tf.Example (`serving_default`) or raw tensors (`predict_raw`)."""
+    tf.Example (`serving_default`) or raw tensors (`predict_raw`). `checks` ({suffix: check(path)}) run on the
+    staged SavedModels; the four are published together only when every check passes."""
     from ..retrieval import brute_force_topk_model, item_embeddings, scann_topk_model
 
     ids, vectors = item_embeddings(model, artifacts)
-    out = {}
-    for suffix, tower in (("query", model.query_model), ("item", model.item_model)):
-        out[suffix] = export_model(tower, spec, base_dir, f"{name}_{suffix}", warmup_examples=warmup_examples,
-                                   keep=keep, module=ServingModule(tower, spec, rank=False))
-    topks = [("topk", brute_force_topk_model(model.query_model, ids, vectors, k), None)]
-    if scann:
-        topks.append(("topk_scann", scann_topk_model(model.query_model, ids, vectors, k),
-                      tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])))
-    for suffix, topk, options in topks:
-        module = ServingModule(topk, spec, call=topk._serve, input_model=model.query_model, rank=False)
-        out[suffix] = export_model(topk, spec, base_dir, f"{name}_{suffix}", warmup_examples=warmup_examples,
-                                   keep=keep, module=module, options=options)
-    return out
+    staged: dict[str, StagedVersion] = {}
+    try:
+        for suffix, tower in (("query", model.query_model), ("item", model.item_model)):
+            staged[suffix] = stage_model(tower, spec, base_dir, f"{name}_{suffix}", warmup_examples=warmup_examples,
+                                         module=ServingModule(tower, spec, rank=False))
+        topks = [("topk", brute_force_topk_model(model.query_model, ids, vectors, k), None)]
+        if scann:
+            topks.append(("topk_scann", scann_topk_model(model.query_model, ids, vectors, k),
+                          tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])))
+        for suffix, topk, options in topks:
+            module = ServingModule(topk, spec, call=topk._serve, input_model=model.query_model, rank=False)
+            staged[suffix] = stage_model(topk, spec, base_dir, f"{name}_{suffix}", warmup_examples=warmup_examples,
+                                         module=module, options=options)
+        for suffix, check in (checks or {}).items():
+            check(staged[suffix].path)
+    except BaseException:
+        for st in staged.values():                # all four or none: a half-exported model is not servable
+            st.discard()
+        raise
+    return dict(zip(staged, publish(list(staged.values()), keep=keep)))

@@ -85,11 +85,13 @@ def version_dirs(base_path: Path) -> dict[int, Path]:
 
 
 def discover_models(base_dir: Path) -> list[ModelConfig]:
-    """Every non-hidden sub-directory with a version is a model; a base dir that is itself one model works too."""
+    """Every non-hidden sub-directory with a version is a model; a base dir that is itself one model works too.
+    Hidden and `*.tmp-*` directories (an exporter's or a build's work in progress, or left by a killed one) are not
+    models."""
     if version_dirs(base_dir):
         return [ModelConfig(base_dir.name, base_dir)]
     return [ModelConfig(d.name, d) for d in sorted(base_dir.iterdir())
-            if d.is_dir() and not d.name.startswith(".") and version_dirs(d)]
+            if d.is_dir() and not d.name.startswith(".") and ".tmp-" not in d.name and version_dirs(d)]
 
 
 def _fingerprint(path: Path) -> tuple:
@@ -123,10 +125,11 @@ def _check_record_framing(path: Path) -> None:
 class LoadedVersion:
     """One loaded SavedModel version: its signatures and the SignatureDefs GetModelMetadata returns."""
 
-    def __init__(self, name: str, version: int, path: Path, max_batch_size: int | None):
+    def __init__(self, name: str, version: int, path: Path, max_batch_size: int | None, scheduler=None):
         self.name, self.version, self.path = name, version, path
         self._module = tf.saved_model.load(str(path))  # keeps the variables the signature functions capture alive
-        self.signatures = {k: Signature(k, fn, max_batch_size) for k, fn in self._module.signatures.items()}
+        self.signatures = {k: Signature(k, fn, max_batch_size, scheduler)
+                           for k, fn in self._module.signatures.items()}
         meta = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes()).meta_graphs[0]
         # the proto's own map, as TF Serving returns it (names like "serving_default_examples:0" included)
         self.signature_def_map = get_model_metadata_pb2.SignatureDefMap(signature_def=meta.signature_def)
@@ -187,11 +190,13 @@ class _Model:
 class ModelRegistry:
     """The served models. `poll()` brings them in line with the disk; lookups are safe from any thread."""
 
-    def __init__(self, source: str | Path, max_batch_size: int | None = None, enable_warmup: bool = True):
+    def __init__(self, source: str | Path, max_batch_size: int | None = None, enable_warmup: bool = True,
+                 scheduler=None):
+        """`scheduler`: a batching.BatchScheduler the signatures share (None: every request runs on its own)."""
         self.source = Path(source)
         if not self.source.exists():
             raise FileNotFoundError(f"model source {self.source} does not exist (a base dir or a models.config)")
-        self.max_batch_size, self.enable_warmup = max_batch_size, enable_warmup
+        self.max_batch_size, self.enable_warmup, self.scheduler = max_batch_size, enable_warmup, scheduler
         self._models: dict[str, _Model] = {}
         self._lock = threading.Lock()  # guards _models; loading runs outside it so requests never wait on a load
         self._poll_lock = threading.Lock()  # one poll at a time (start()'s own and the poller thread's)
@@ -247,7 +252,7 @@ class ModelRegistry:
     def _load(self, name: str, version: int, path: Path, fp: tuple, model: _Model) -> VersionState:
         start = time.perf_counter()
         try:
-            lv = LoadedVersion(name, version, path, self.max_batch_size)
+            lv = LoadedVersion(name, version, path, self.max_batch_size, self.scheduler)
             replayed = lv.replay_warmup() if self.enable_warmup else 0
         except Exception as e:
             still = f"; still serving version {max(model.loaded)}" if model.loaded else ""

@@ -7,20 +7,27 @@
 
 Errors are {"error": "..."} with the HTTP status TF Serving maps the gRPC code to. Binary strings travel as
 {"b64": "..."} both ways (a string output is base64'd when its name ends in `_bytes` or it is not UTF-8).
-Only the standard library: ThreadingHTTPServer, one thread per connection.
+The HTTP stack is aiohttp, chosen on measurement (README, "Serving under load"): under 256 concurrent clients the
+standard library's ThreadingHTTPServer reset connections (listen backlog 5) and reached a 4.5 s p99, aiohttp held
+p99 under 0.1 s with no error, level with uvicorn + uvloop and far ahead of waitress.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import re
+import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent import futures
 from typing import Any
 
+import aiohttp
+import aiohttp.http_exceptions
 import grpc
 import numpy as np
+from aiohttp import web
 from google.protobuf import json_format
 
 from .._tf import tf
@@ -29,7 +36,6 @@ from .signatures import ServingError, Signature, invalid, not_found
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 256 << 20  # a request body larger than this is refused before it is read
 _URL = re.compile(r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
                   r"(?P<verb>/metadata|:predict|:classify|:regress)?")
 _HTTP_STATUS = {  # TF Serving's ToHTTPStatusCode
@@ -68,11 +74,17 @@ def _leaf(v: Any, dtype: tf.DType, name: str) -> Any:
     raise invalid(f"input {name!r}: JSON value {json.dumps(v)[:80]} ({kind}) is not of expected type {dtype.name}")
 
 
-def _flatten(v: Any, out: list, name: str) -> tuple[int, ...]:
+MAX_RANK = 32  # no tensor of a signature has more dimensions: deeper nesting is refused before recursing further
+
+
+def _flatten(v: Any, out: list, name: str, depth: int = 0) -> tuple[int, ...]:
     if not isinstance(v, list):
         out.append(v)
         return ()
-    shapes = [_flatten(x, out, name) for x in v]
+    if depth >= MAX_RANK:
+        raise invalid(f"input {name!r}: lists nested deeper than {MAX_RANK} levels: no input has that many "
+                      "dimensions")
+    shapes = [_flatten(x, out, name, depth + 1) for x in v]
     if any(s != shapes[0] for s in shapes):
         raise invalid(f"input {name!r}: ragged nested lists (element shapes {sorted(set(shapes))}): a tensor needs "
                       "the same length at every level")
@@ -173,92 +185,122 @@ def metadata_json(lv: LoadedVersion) -> dict:
                                                                     preserving_proto_field_name=True)}}
 
 
-class RestHandler(BaseHTTPRequestHandler):
-    """One request: route, answer JSON, log one debug line."""
-
-    registry: ModelRegistry  # set on the subclass make_rest_server builds
-    protocol_version = "HTTP/1.1"  # keep-alive, as TF Serving; every answer carries Content-Length
-    timeout = 60  # an idle keep-alive connection releases its thread
-    server_version = "tfrec-zoo-serving"
-
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def _handle(self, method: str) -> None:
-        start, status, payload = time.perf_counter(), 200, {}
-        try:
-            body = self._body() if method == "POST" else b""
-            payload = self._route(method, body)
-        except ServingError as e:
-            status, payload = _HTTP_STATUS.get(e.code, 500), {"error": e.message}
-        except Exception as e:  # a bug must not kill the server; the client learns what broke
-            log.exception("REST %s %s failed", method, self.path)
-            status, payload = 500, {"error": f"{type(e).__name__}: {e}"}
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-        log.debug("REST %s %s -> %d %.1fms %s", method, self.path, status, 1000 * (time.perf_counter() - start),
-                  payload.get("error", ""))
-
-    def _body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
-            raise ServingError(grpc.StatusCode.UNIMPLEMENTED, "chunked request bodies are not supported: send "
-                                                              "Content-Length")
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            self.close_connection = True  # the unread body would be taken for the next request
-            raise invalid(f"request body of {length} bytes is over the limit of {MAX_BODY_BYTES}")
-        return self.rfile.read(length)
-
-    def _route(self, method: str, body: bytes) -> dict:
-        m = _URL.fullmatch(self.path.split("?", 1)[0])
-        verb = m and m["verb"]
-        if not m or (method == "GET") != (verb in (None, "/metadata")):
-            raise not_found(f"Malformed request: {method} {self.path}")
-        name, label = m["name"], m["label"]
-        version = int(m["version"]) if m["version"] else None
-        if verb is None:
-            if label:
-                version = self.registry.resolve(name, label=label).version
-            return status_json(self.registry, name, version)
-        lv = self.registry.resolve(name, version, label)
-        if verb == "/metadata":
-            return metadata_json(lv)
-        if verb != ":predict":
-            raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{verb[1:]} is not served: the models have predict "
-                                                              "signatures, use :predict")
-        try:
-            request = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise invalid(f"JSON Parse error: {e}") from e
-        sig, arrays, rows = parse_predict(request, lv)
-        return format_predict(sig.run(arrays), rows)
-
-    def log_request(self, code: Any = "-", size: Any = "-") -> None:
-        pass  # _handle logs the one line per request, with its duration and error
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class' signature
-        log.debug("REST %s: " + format, self.address_string(), *args)
-
-
-class _RestServer(ThreadingHTTPServer):
-    daemon_threads = True  # stop() does not wait for idle keep-alive connections
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # a client that hangs up mid-answer is routine: no traceback on stderr (socketserver's default)
-        log.debug("REST connection from %s dropped", client_address, exc_info=True)
-
-
-def make_rest_server(registry: ModelRegistry, host: str, port: int) -> ThreadingHTTPServer:
-    handler = type("BoundRestHandler", (RestHandler,), {"registry": registry})
+def answer(registry: ModelRegistry, method: str, path: str, body: bytes) -> tuple[int, dict]:
+    """One request -> (HTTP status, JSON payload). Runs on a worker thread: JSON decoding and the model are
+    CPU work the event loop must not wait on."""
     try:
-        return _RestServer((host, port), handler)
-    except OSError as e:
-        raise OSError(f"REST: cannot bind {host}:{port}: {e}") from e
+        return 200, _route(registry, method, path, body)
+    except ServingError as e:
+        return _HTTP_STATUS.get(e.code, 500), {"error": e.message}
+    except Exception as e:  # a bug must not kill the server; the client learns what broke
+        log.exception("REST %s %s failed", method, path)
+        return 500, {"error": f"{type(e).__name__}: {e}"}
+
+
+def _route(registry: ModelRegistry, method: str, path: str, body: bytes) -> dict:
+    m = _URL.fullmatch(path)
+    verb = m and m["verb"]
+    if not m or (method == "GET") != (verb in (None, "/metadata")) or method not in ("GET", "POST"):
+        raise not_found(f"Malformed request: {method} {path}")
+    name, label = m["name"], m["label"]
+    version = int(m["version"]) if m["version"] else None
+    if verb is None:
+        if label:
+            version = registry.resolve(name, label=label).version
+        return status_json(registry, name, version)
+    lv = registry.resolve(name, version, label)
+    if verb == "/metadata":
+        return metadata_json(lv)
+    if verb != ":predict":
+        raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{verb[1:]} is not served: the models have predict "
+                                                          "signatures, use :predict")
+    try:
+        request = json.loads(body)
+    except RecursionError:
+        raise invalid("JSON Parse error: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise invalid(f"JSON Parse error: {e}") from e
+    sig, arrays, rows = parse_predict(request, lv)
+    return format_predict(sig.run(arrays), rows)
+
+
+class RestServer:
+    """The REST API on aiohttp (an asyncio HTTP server with a C request parser), its event loop on a thread of its
+    own; requests are decoded and run on a pool of `workers` threads.
+
+    Limits, each answered at once with a JSON error: a body over `max_request_bytes` (413), a body that does not
+    arrive within `body_timeout` seconds (408), more than `max_in_flight` requests at a time (503: the client backs
+    off, nothing is reset). A malformed request line or header (`Content-Length: abc`) is aiohttp's 400."""
+
+    def __init__(self, registry: ModelRegistry, host: str, port: int, *, max_request_bytes: int = 64 << 20,
+                 workers: int = 64, max_in_flight: int = 1024, body_timeout: float = 30.0, backlog: int = 1024):
+        self.registry, self.host, self.max_request_bytes = registry, host, max_request_bytes
+        self.max_in_flight, self.body_timeout = max_in_flight, body_timeout
+        self._pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="rest")
+        self._in_flight = 0
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        app = web.Application(client_max_size=max_request_bytes, handler_args={"max_field_size": 16384})
+        app.router.add_route("*", "/{path:.*}", self._handle)
+        try:
+            self.port = self._loop.run_until_complete(self._start(app, port, backlog))
+        except OSError as e:
+            self._loop.close()
+            raise OSError(f"REST: cannot bind {host}:{port}: {e}") from e
+
+    async def _start(self, app: web.Application, port: int, backlog: int) -> int:
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=60)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, port, backlog=backlog, reuse_address=True)
+        try:
+            await site.start()
+        except OSError:
+            await self._runner.cleanup()
+            raise
+        return site._server.sockets[0].getsockname()[1]
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        start, method, path = time.perf_counter(), request.method, request.path
+        if self._in_flight >= self.max_in_flight:
+            status, payload = 503, {"error": f"the server has {self._in_flight} requests in flight (its limit): retry "
+                                             "later"}
+        else:
+            self._in_flight += 1
+            try:
+                status, payload = await self._answer(request, method, path)
+            finally:
+                self._in_flight -= 1
+        log.debug("REST %s %s -> %d %.1fms %s", method, path, status, 1000 * (time.perf_counter() - start),
+                  payload.get("error", ""))
+        return web.Response(status=status, body=json.dumps(payload).encode(), content_type="application/json")
+
+    async def _answer(self, request: web.Request, method: str, path: str) -> tuple[int, dict]:
+        try:
+            body = await asyncio.wait_for(request.read(), self.body_timeout) if method == "POST" else b""
+        except web.HTTPRequestEntityTooLarge:
+            return 413, {"error": f"request body over the limit of {self.max_request_bytes} bytes "
+                                  "(--max-request-bytes): split the request"}
+        except asyncio.TimeoutError:
+            return 408, {"error": f"the request body did not arrive within {self.body_timeout:.0f}s"}
+        except (ConnectionError, aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError) as e:
+            return 400, {"error": f"malformed request body: {e}"}
+        return await self._loop.run_in_executor(self._pool, answer, self.registry, method, path, body)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop.run_forever, name="model-server-rest", daemon=True)
+        self._thread.start()
+
+    def stop(self, grace: float = 2.0) -> None:
+        if self._runner is not None and self._thread is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(self._runner.shutdown(), self._loop).result(grace + 5)
+                asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(grace + 5)
+            except Exception:  # stopping must finish: a hung connection is dropped with the loop
+                log.debug("REST shutdown", exc_info=True)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(grace + 5)
+        self._runner = self._thread = None
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if not self._loop.is_running():
+            self._loop.close()

@@ -425,7 +425,8 @@ class _Ctx:
                 continue
             kinds = [k for k, keys in (by_kind or {}).items() if key in keys]
             if kinds:
-                self.fail(_at(path, key), f"`{key}` applies to {' and '.join(kinds)} {noun}, this is {what}",
+                listed = ", ".join(kinds[:-1]) + " or " + kinds[-1] if len(kinds) > 1 else kinds[0]
+                self.fail(_at(path, key), f"`{key}` applies to {listed} {noun}, this is {what}",
                           f"remove `{key}`")
             close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
@@ -808,7 +809,8 @@ def _check_sources(ctx: _Ctx, spec: FeatureSpec, paths: dict[str, str]) -> None:
             elif src is not None and src.side_of:
                 problem = f"is an attribute of {src.side_of!r} (side_of), read from the catalogue, not from the log"
             elif src is not None and not _field_can_read(sf, src):
-                problem = f"is a {_describe(src)}, which a {_field_kind(sf)} field cannot take its steps from"
+                problem = (f"is a {_describe(src)}, which {_a(_field_kind(sf))} {_field_kind(sf)} field cannot take "
+                           "its steps from")
             else:
                 continue  # a compatible feature, or a raw log column that `data write` checks against the data
             fits = [g.name for g in spec.row_features if not isinstance(g, SequenceFeature) and _field_can_read(sf, g)]

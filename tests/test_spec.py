@@ -122,7 +122,7 @@ def test_fingerprint_ignores_layout_and_roundtrips_through_yaml():
     (_with("features.6.fields.0.padding", True), "features[6].fields[0].padding", "got boolean"),
     (_with("features.6.fields.0.padding", 2 ** 64), "features[6].fields[0].padding", "expected an int64 id"),
     (_with("features.6.fields.2.padding", "zero"), "features[6].fields[2].padding", "expected a finite number"),
-    (_with("features.1.fill", 2 ** 70), "features[1].fill", "expected `oov` or an int64 id"),
+    (_with("features.1.fill", 2 ** 70), "features[1].fill", "expected `oov` or an int64 id, got 1180591620717411303424"),
     (_with("features.9.loss_weight", float("nan")), "features[9].loss_weight", "expected a finite number"),
     (_with("features.5.produced_by", 7), "features[5].produced_by", "expected string, got integer"),
     (_with("features.2.embedding_group", "my words"), "features[2].embedding_group", "not an identifier"),

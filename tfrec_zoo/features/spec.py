@@ -530,15 +530,15 @@ def _parse_fill(ctx: _Ctx, value: Any, kind: str, dtype: str | None, path: str) 
         if value in FILL_STATISTICS:
             return value
         if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value):
-            ctx.fail(path, f"expected a finite number or one of {', '.join(FILL_STATISTICS)}, got {_show(value)}",
+            ctx.fail(path, f"expected a finite number or one of {', '.join(FILL_STATISTICS)}, got {reprlib.repr(value)}",
                      "e.g. `fill: 0.0` or `fill: median` (fitted on the train split)")
         return float(value)
     if value == "oov":
         return value
     if dtype == "int64" and not (_is_int(value) and INT64_MIN <= value <= INT64_MAX):
-        ctx.fail(path, f"expected `oov` or an int64 id, got {_show(value)}", "e.g. `fill: oov` (the OOV bucket)")
+        ctx.fail(path, f"expected `oov` or an int64 id, got {reprlib.repr(value)}", "e.g. `fill: oov` (the OOV bucket)")
     if dtype == "string" and not isinstance(value, str):
-        ctx.fail(path, f"expected `oov` or a string id, got {_show(value)}", "e.g. `fill: oov` (the OOV bucket)")
+        ctx.fail(path, f"expected `oov` or a string id, got {reprlib.repr(value)}", "e.g. `fill: oov` (the OOV bucket)")
     return value
 
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tfrec_zoo.features import FeatureSpecError, VocabConfig, load_spec, parse_spec
+from tfrec_zoo.features import safe_yaml
 from tfrec_zoo.features import spec as spec_module
 from tfrec_zoo.features.spec import MultiHotFeature, SequenceFeature, check_history_sources
 from tfrec_zoo.paths import feature_specs_dir
@@ -308,7 +309,7 @@ def _load_error(tmp_path: Path, content: str | bytes, name: str = "s.yaml") -> s
 def test_a_file_over_the_size_limit_is_refused_unread(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(spec_module, "MAX_SPEC_BYTES", 1000)
     msg = _load_error(tmp_path, SMALL + "#" * 1000 + "\n")
-    assert msg.startswith("the file is larger than 1,000 bytes (0 MiB), the most a spec may have")
+    assert msg.startswith("the file is larger than 1,000 bytes (0.000954 MiB), the most a spec may have")
     p = tmp_path / "ok.yaml"
     p.write_text(SMALL)
     assert load_spec(p).name == "s"
@@ -325,9 +326,9 @@ def test_non_utf8_bytes_name_the_line_and_byte_offset(tmp_path: Path):
     assert msg == f"line 4, byte offset {offset}: not UTF-8 (byte 0xe9). Fix: save the file as UTF-8"
 
 
-def test_a_control_character_names_its_line(tmp_path: Path):
-    msg = _load_error(tmp_path, SMALL.replace("kind: label}", 'kind: label, doc: "a\x01b"}'))
-    assert msg.startswith("line 4, character offset") and "character #x0001 is not allowed" in msg
+def test_a_control_character_names_its_line_and_column(tmp_path: Path):
+    msg = _load_error(tmp_path, SMALL.replace("kind: label}", 'kind: label, doc: "é\x01b"}'))
+    assert msg.startswith("line 4, column 35: character #x0001 is not allowed in YAML (a control character)"), msg
 
 
 def test_a_duplicate_key_names_both_places(tmp_path: Path):
@@ -420,3 +421,18 @@ def test_a_spec_with_20000_features_validates(tmp_path: Path):
     p = tmp_path / "many.json"
     p.write_text(json.dumps(spec.to_dict(), indent=1))
     assert load_spec(p).fingerprint == spec.fingerprint
+
+
+# -- the safe loader itself, under both parsers (libyaml's and PyYAML's pure-Python one) -------------------------
+@pytest.mark.parametrize("loader", safe_yaml.LOADERS, ids=lambda c: c.__name__)
+def test_safe_yaml_loads_like_safe_load_and_refuses_the_same_things(loader):
+    text = "a: [1, 2.5, {b: c}]\nd: &x {e: true}\nf: *x\ng: {<<: *x, e: false}\n"
+    assert safe_yaml.load(text, loader) == yaml.safe_load(text)
+    for bad, words in [("a: 1\nb: 2\na: 3\n", "duplicate key 'a' (first at line 1 column 1, again at line 3 column 1)"),
+                       ("a: " + "[" * 25 + "]" * 25, "nested deeper than 20 levels"),
+                       ("a: &r [*r]\n", "alias *r refers to its own anchor"),
+                       (_alias_bomb(), "aliases expand to more than 10000 values")]:
+        with pytest.raises(safe_yaml.LimitError, match=re.escape(words)):
+            safe_yaml.load(bad, loader)
+    with pytest.raises(yaml.YAMLError, match="undefined alias"):
+        safe_yaml.load("a: *nope\n", loader)

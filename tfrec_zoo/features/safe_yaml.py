@@ -8,8 +8,8 @@
 * a key that appears twice in one mapping is refused, naming both lines (plain PyYAML keeps the last silently).
 
 Every refusal raises `LimitError`, a `yaml.MarkedYAMLError` whose `problem_mark` is where it happened and whose
-`fix` says what to do. libyaml's parser is used when PyYAML was built with it (about 3x faster on large files);
-the checks above sit in the composer and constructor, which are PyYAML's Python code in both cases.
+`fix` says what to do. The checks sit in the composer and constructor (PyYAML's Python code) under either parser:
+`CLoader` (libyaml, when PyYAML was built with it; about 3x faster on large files) or `PyLoader`.
 """
 from __future__ import annotations
 
@@ -20,11 +20,14 @@ from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node
+from yaml.parser import Parser
+from yaml.reader import Reader
 from yaml.resolver import Resolver
+from yaml.scanner import Scanner
 
 try:
     from yaml._yaml import CParser as _CParser
-except ImportError:  # PyYAML without libyaml: the pure-Python parser below gives the same results, slower
+except ImportError:  # PyYAML without libyaml: PyLoader gives the same results, slower
     _CParser = None
 
 MAX_DEPTH = 20
@@ -101,8 +104,20 @@ class _Checks(Composer, SafeConstructor, Resolver):
         return super().construct_mapping(node, deep=deep)
 
 
+class PyLoader(Reader, Scanner, Parser, _Checks):
+    """PyYAML's pure-Python parser under the checks."""
+
+    def __init__(self, stream: str):
+        Reader.__init__(self, stream)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+        self._init_checks()
+
+
 if _CParser is not None:
-    class _Loader(_CParser, _Checks):
+    class CLoader(_CParser, _Checks):
+        """libyaml's parser under the checks (about 3x faster than PyLoader on a large spec)."""
+
         def __init__(self, stream: str):
             _CParser.__init__(self, stream)
             self._init_checks()
@@ -112,22 +127,16 @@ if _CParser is not None:
         get_node = Composer.get_node
         get_single_node = Composer.get_single_node
         compose_document = Composer.compose_document
+
+    LOADERS: tuple[type, ...] = (CLoader, PyLoader)
 else:
-    from yaml.parser import Parser
-    from yaml.reader import Reader
-    from yaml.scanner import Scanner
-
-    class _Loader(Reader, Scanner, Parser, _Checks):  # type: ignore[no-redef]
-        def __init__(self, stream: str):
-            Reader.__init__(self, stream)
-            Scanner.__init__(self)
-            Parser.__init__(self)
-            self._init_checks()
+    LOADERS = (PyLoader,)
 
 
-def load(text: str) -> Any:
-    """Parse one YAML document like `yaml.safe_load`, within the limits above (raises `yaml.YAMLError`)."""
-    loader = _Loader(text)
+def load(text: str, loader_class: type | None = None) -> Any:
+    """Parse one YAML document like `yaml.safe_load`, within the limits above (raises `yaml.YAMLError`);
+    `loader_class` is one of LOADERS (default: the fastest)."""
+    loader = (loader_class or LOADERS[0])(text)
     try:
         return loader.get_single_data()
     finally:

@@ -555,7 +555,7 @@ def _parse_padding(ctx: _Ctx, value: Any, kind: str, dtype: str, path: str) -> A
         return value
     if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value):
         ctx.fail(path, f"expected a finite number, got {_show(value)}", "give a number, e.g. `padding: 0.0`")
-    return float(value)
+    return value  # as written (0 or 0.0): it is part of the spec's fingerprint, which datasets record
 
 
 def _parse_field(ctx: _Ctx, raw: Any, path: str) -> SequenceField:
@@ -910,7 +910,7 @@ def load_spec(path: str | Path) -> FeatureSpec:
         with _gc_paused():
             raw = safe_yaml.load(text)
     except yaml.YAMLError as e:
-        raise _yaml_error(source, e, text) from None
+        raise _yaml_error(source, e) from None
     with _gc_paused():
         return parse_spec(raw, source=source)
 
@@ -923,30 +923,38 @@ def _read_text(path: Path) -> str:
         raise FeatureSpecError(str(path), "", f"cannot read the spec ({e.strerror or e})", "check the path") from None
     if len(data) > MAX_SPEC_BYTES:
         raise FeatureSpecError(str(path), "", f"the file is larger than {MAX_SPEC_BYTES:,} bytes "
-                               f"({MAX_SPEC_BYTES // 2 ** 20} MiB), the most a spec may have",
+                               f"({MAX_SPEC_BYTES / 2 ** 20:.3g} MiB), the most a spec may have",
                                "point at the spec itself (a real spec is a few KB)")
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise FeatureSpecError(str(path), f"line {line}, byte offset {e.start}",
                                f"not UTF-8 (byte 0x{data[e.start]:02x})", "save the file as UTF-8") from None
+    bad = _NON_PRINTABLE.search(text)   # found here, the error can name the line and column
+    if bad:
+        at = bad.start()
+        line, column = text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
+        raise FeatureSpecError(str(path), f"line {line}, column {column}",
+                               f"character #x{ord(bad.group()):04x} is not allowed in YAML (a control character)",
+                               "remove it (write it as an escape like \"\\t\" inside a double-quoted string)")
+    return text
 
 
-def _yaml_error(source: str, e: yaml.YAMLError, text: str) -> FeatureSpecError:
-    """One line naming where the YAML is wrong (line and column, or the character offset) and what to do."""
+# what YAML 1.1 allows in a stream (PyYAML's Reader.NON_PRINTABLE): tab, newlines and printable characters
+_NON_PRINTABLE = re.compile("[^\x09\x0A\x0D\x20-\x7E\x85\xA0-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]")
+
+
+def _yaml_error(source: str, e: yaml.YAMLError) -> FeatureSpecError:
+    """One line naming where the YAML is wrong (line and column) and what to do."""
     mark = getattr(e, "problem_mark", None)
     if mark is not None:
         where = f"line {mark.line + 1}, column {mark.column + 1}"
-    elif isinstance(e, yaml.reader.ReaderError):
-        where = f"line {text.count(chr(10), 0, e.position) + 1}, character offset {e.position}"
+    elif isinstance(e, yaml.reader.ReaderError):  # control characters are caught before; an offset is all it has
+        where = f"offset {e.position}"
     else:
         where = ""
-    if isinstance(e, yaml.reader.ReaderError):  # libyaml gives the code point as an int, PyYAML as a str
-        code = e.character if isinstance(e.character, int) else ord(e.character)
-        problem = f"character #x{code:04x} is not allowed ({e.reason})"
-    else:
-        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+    problem = " ".join(str(getattr(e, "problem", None) or getattr(e, "reason", None) or e).split())
     if isinstance(e, safe_yaml.LimitError):  # well-formed YAML this loader refuses: the problem says why
         return FeatureSpecError(source, where, problem, e.fix)
     return FeatureSpecError(source, where, f"not valid YAML ({problem})", "fix the YAML syntax there")

@@ -65,7 +65,7 @@ def _cmd_data_write(args) -> int:
         assign_splits, attach_histories, chronological, describe_splits, split_frames,
     )
     from tfrec_zoo.data.tables import coerce_list_columns, read_table
-    from tfrec_zoo.features import load_spec
+    from tfrec_zoo.features.spec import check_history_sources, load_spec
 
     spec = load_spec(args.spec)
     df = read_table(args.input)
@@ -93,6 +93,7 @@ def _cmd_data_write(args) -> int:
     else:
         ranks = assign_splits(df, user, args.split, valid_frac=args.valid_frac, test_frac=args.test_frac)
     if log_mode:
+        check_history_sources(spec, df.columns, str(args.input))  # names the field and the data's columns
         print(f"{args.input}: interaction log; building histories for "
               f"{', '.join(s.name for s in spec.of_kind('sequence'))} from earlier interactions of each {user}")
         df = attach_histories(df, spec, user, ranks)

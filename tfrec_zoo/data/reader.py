@@ -383,7 +383,11 @@ def _scan_shard(file: Path, compression: str, batch: int) -> tuple[int, str | No
             n, offset = n + 1, offset + int(length) + 16     # 8 length + 4 CRC + data + 4 CRC
         return n, None
     except tf.errors.OpError as e:
-        what = re.search(r"(corrupted|truncated) record", e.message or "")
         stream = " of the decompressed stream" if compression else ""
-        return n, (f"{what.group(0) if what else 'unreadable record'} {n} (byte {offset}{stream}; "
-                   f"{n} good records before it)")
+        return n, f"cannot read record {n}, which starts at byte {offset}{stream} ({_tf_reason(e)})"
+
+
+def _tf_reason(error) -> str:
+    """A tf.errors message without its op decoration (`{{function_node ...}}`, `[Op:IteratorGetNext]`)."""
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message or "")
+    return text.split(" [Op:")[0].strip().rstrip("'") or type(error).__name__

@@ -65,12 +65,18 @@ def _names(columns, limit: int = 8) -> str:
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
     try:
+        # the names first: pyarrow refuses duplicate names with a message that names neither file nor line
+        _check_names(path, list(pq.read_schema(path).names), lambda i: f"column {i + 1}")
         df = pd.read_parquet(path)
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError, ArrowIOError an OSError
-        raise input_error(path, "", f"not a readable Parquet file ({type(e).__name__}: {e})",
+        if isinstance(e, FeatureSpecError):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise input_error(path, "", f"not a readable Parquet file ({type(e).__name__}: {first})",
                           "rewrite it (e.g. `df.to_parquet(...)`) or give a CSV") from None
-    _check_names(path, [str(c) for c in df.columns], lambda i: f"column {i + 1}")
     df[SOURCE_ROW] = np.arange(1, len(df) + 1)
     return df
 

@@ -7,6 +7,7 @@ they get here (see `writer.encode_text_features`).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Callable
 
@@ -142,6 +143,11 @@ def _int64_values(values: Any) -> list[int]:
         kind = arr.dtype.kind
         if kind in "ib" or (kind == "u" and (arr.size == 0 or arr.max() <= _I64_MAX)):
             return arr.astype(np.int64).tolist()
+        if kind == "U":     # ids split from `1|2|3` cells: numpy parses plain integers; anything else is checked below
+            try:
+                return arr.astype(np.int64).tolist()
+            except (ValueError, OverflowError):
+                pass
         if kind == "f":
             with np.errstate(invalid="ignore"):
                 ok = np.isfinite(arr) & (np.floor(arr) == arr) & (np.abs(arr) <= _EXACT_FLOAT)
@@ -172,11 +178,11 @@ def _float_values(values: Any) -> list[float]:
 
 
 def _convert_scalar(col: pd.Series, dtype: str, name: str, source: str) -> list:
-    for i, v in enumerate(col):
-        if _is_missing(v):
-            raise _data_error(source, name, i, "value is missing",
-                              f"give the feature a `fill:` in the spec (e.g. `fill: oov` for ids, `fill: median` "
-                              "for floats), or fill or drop the record")
+    missing = np.flatnonzero(col.isna().to_numpy())
+    if missing.size:
+        raise _data_error(source, name, int(missing[0]), "value is missing",
+                          "give the feature a `fill:` in the spec (e.g. `fill: oov` for ids, `fill: median` for "
+                          "floats), or fill or drop the record")
     if dtype == "string":
         values = col.tolist()
         for i, v in enumerate(values):
@@ -207,8 +213,9 @@ def _float_like(v: Any) -> bool:
 
 
 def _convert_list(col: pd.Series, dtype: str, name: str, source: str, width: int = 1) -> list[list]:
-    """Each row -> a flat python list; `width` > 1 flattens vectors (each step must have `width` floats)."""
-    out = []
+    """Each row -> a flat python list; `width` > 1 flattens vectors (each step must have `width` floats).
+    Numbers are converted and checked for the whole column at once (one numpy array), then split into rows."""
+    rows = []
     for i, v in enumerate(col):
         try:
             items = _as_list(v)
@@ -223,23 +230,56 @@ def _convert_list(col: pd.Series, dtype: str, name: str, source: str, width: int
                                       "make every vector the declared `dim` or fix `dim` in the spec")
                 flat.extend(step)
             items = flat
+        rows.append(items)
+    fix = {"int64": _ID_FIX, "string": "give a flat list of ids (strings or numbers) per record"}.get(
+        dtype, "give a flat list of finite numbers per record")
+    convert = {"int64": _int64_row, "string": _string_row}.get(dtype, _float_row)
+    for i, items in enumerate(rows):
         try:
-            if dtype == "string":
-                items = [x if type(x) is str else _id_text(x) for x in items]
-            elif not items:
-                items = []
-            elif dtype == "int64":
-                items = _int64_values(items)
-            else:
-                items = _float_values(items)
+            rows[i] = convert(items)
         except (ValueError, TypeError) as e:
-            why = e.args[1] if len(e.args) == 2 else str(e)
-            fix = {"int64": _ID_FIX, "string": "give a flat list of ids (strings or numbers) per record"}.get(
-                dtype, "give a flat list of finite numbers per record")
-            raise _data_error(source, name, i, f"expected a list of {dtype} values, got {_show(items)} ({why})",
+            raise _data_error(source, name, i, f"expected a list of {dtype} values, got {_show(items)} ({e})",
                               fix) from None
-        out.append(items)
-    return out
+    if dtype not in ("int64", "string"):
+        # finiteness for the whole column at once: one array, not a Python test per value
+        lengths = np.fromiter(map(len, rows), np.int64, len(rows))
+        flat = np.fromiter(itertools.chain.from_iterable(rows), np.float64, int(lengths.sum()))
+        bad = np.flatnonzero(~(np.abs(flat) <= _F32_MAX))      # nan, +-inf, and what a float32 cannot hold
+        if bad.size:
+            i = int(np.searchsorted(np.cumsum(lengths), bad[0], side="right"))   # the row holding it
+            raise _data_error(source, name, i, f"expected a list of {dtype} values, got {_show(rows[i])} "
+                              f"({_non_finite(float(flat[bad[0]]))})", fix)
+    return rows
+
+
+def _string_row(items: list) -> list[str]:
+    return [x if type(x) is str else _id_text(x) for x in items]
+
+
+def _int64_row(items: list) -> list[int]:
+    """Python ints pass as they are (range-checked by min / max); strings and floats are parsed one by one."""
+    types = set(map(type, items))
+    if types == {str}:
+        try:
+            items = [int(x) for x in items]
+            types = {int}
+        except ValueError:
+            pass
+    if not types <= {int}:
+        items = [_to_int64(x) for x in items]
+    elif items and (min(items) < _I64_MIN or max(items) > _I64_MAX):
+        raise ValueError("outside the int64 range, about -9.2e18 .. 9.2e18")
+    return items
+
+
+def _float_row(items: list) -> list[float]:
+    if set(map(type, items)) <= {float}:
+        return items
+    try:
+        return [float(x) for x in items]
+    except (TypeError, ValueError):
+        bad = next(x for x in items if not _float_like(x))
+        raise ValueError(f"{_show(bad)} is not a number") from None
 
 
 def _vector_column(col: pd.Series, dim: int, name: str, source: str) -> np.ndarray:

@@ -211,6 +211,11 @@ def test_int64_id_lists_are_range_checked():
                                                r"\[3, 18446744073709551616\] \(outside the int64 range"):
         columns_for_examples(df, spec, "f.csv")
     assert columns_for_examples(df.iloc[:1], spec, "f.csv")["h_item"][1] == [[1, 2]]
+    strings = df.assign(h_item=[["1", "2"], ["3"]])          # from `1|2` cells
+    assert columns_for_examples(strings, spec, "f.csv")["h_item"][1] == [[1, 2], [3]]
+    for bad, why in (([True], "a bool, not a number"), (["1", "x"], "not a number"), ([1.5], "not a whole number")):
+        with pytest.raises(FeatureSpecError, match=rf"feature 'h_item', line 3: .*\({why}\)"):
+            columns_for_examples(df.assign(h_item=[[1], bad]), spec, "f.csv")
 
 
 def test_bytes_that_are_not_utf8_name_the_line_and_column(tmp_path: Path, capsys):
@@ -246,6 +251,14 @@ def test_line_numbers_stay_exact_with_blank_lines_and_quoted_newlines(tmp_path: 
     src = tmp_path / "t.tsv"
     src.write_text("uid\titem\na\t1\n\nb\t2\n")
     assert read_table(src)["__line__"].tolist() == [2, 4]
+    import gzip
+
+    src = tmp_path / "t.csv.gz"
+    src.write_bytes(gzip.compress(b"uid,item\na,1\nb,2\n"))
+    assert read_table(src)["__line__"].tolist() == [2, 3]
+    src.write_bytes(gzip.compress(b"uid,item\na,1\nb\n"))
+    with pytest.raises(FeatureSpecError, match=r"t.csv.gz: line 3, column 'item': the row has 1 fields"):
+        read_table(src)
 
 
 # -- 5. damaged datasets -----------------------------------------------------------------------------------------

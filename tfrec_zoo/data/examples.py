@@ -57,9 +57,6 @@ def source_origin(df: pd.DataFrame, row: int) -> str | None:
     return None
 
 
-_origin = source_origin
-
-
 def _is_missing(v: Any) -> bool:
     return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, (float, np.floating)) and math.isnan(v))
 
@@ -87,7 +84,9 @@ def _show(v: Any, n: int = 60) -> str:
 
 def _to_int64(v: Any) -> int:
     """An int64 id from an int, an integral float or a decimal string; ValueError(why not) otherwise."""
-    if isinstance(v, (int, np.integer)):      # bool included: True is 1
+    if isinstance(v, (bool, np.bool_)):       # `[true]` in a JSON list is a mistake, not the id 1
+        raise ValueError("a bool, not a number")
+    if isinstance(v, (int, np.integer)):
         i = int(v)
     elif isinstance(v, (float, np.floating)):
         f = float(v)

@@ -175,7 +175,8 @@ def test_bad_json_list_cell_names_the_column(tmp_path: Path, capsys):
                   "hist_item": ["[]"]}).to_csv(csv, index=False)
     code = main(["data", "write", "--spec", str(spec), "--input", str(csv), "--out", str(tmp_path / "o"),
                  "--split", "none"])
-    assert code == 2 and "column 'cats': a cell is not a valid JSON list" in capsys.readouterr().err
+    assert code == 2 and "rows.csv: line 2, column 'cats': the cell '[1, 2' is not a valid JSON list" in (
+        capsys.readouterr().err)
 
 
 def test_train_strategy_flags_are_checked(capsys):

@@ -60,7 +60,6 @@ def _cmd_data_write(args) -> int:
     import numpy as np
 
     from tfrec_zoo.data import write_dataset
-    from tfrec_zoo.data.examples import SOURCE_LINE, SOURCE_ROW
     from tfrec_zoo.data.interactions import (
         assign_splits, attach_histories, chronological, describe_splits, split_frames,
     )
@@ -68,10 +67,8 @@ def _cmd_data_write(args) -> int:
     from tfrec_zoo.features.spec import check_history_sources, load_spec
 
     spec = load_spec(args.spec)
+    # each row keeps its file line (`__line__`), so that errors after sorting and splitting still name it
     df = read_table(args.input)
-    # where each row came from, so that errors after sorting and splitting still name the file's line
-    parquet = str(args.input).lower().endswith((".parquet", ".pq"))
-    df[SOURCE_ROW if parquet else SOURCE_LINE] = np.arange(len(df)) + (1 if parquet else 2)
     df = coerce_list_columns(df, spec, args.input)
     user = args.user_col or spec.keys.get("user")
     time = args.time_col or spec.keys.get("time")
@@ -98,12 +95,45 @@ def _cmd_data_write(args) -> int:
               f"{', '.join(s.name for s in spec.of_kind('sequence'))} from earlier interactions of each {user}")
         df = attach_histories(df, spec, user, ranks)
     splits = split_frames(df, ranks)
-    write_dataset(splits, spec, args.out, source=str(args.input), rows_per_shard=args.rows_per_shard,
-                  compression="" if args.compression == "none" else args.compression,
-                  extra={"split": args.split})
+    notes = _check_split_sizes(args, splits, len(df))
+    manifest = write_dataset(splits, spec, args.out, source=str(args.input), rows_per_shard=args.rows_per_shard,
+                             compression="" if args.compression == "none" else args.compression,
+                             extra={"split": args.split})
     print(describe_splits(splits, spec.keys.get("user"), spec.keys.get("item")).to_string())
+    _print_truncated(manifest)
+    for note in notes:
+        print(f"note: {args.input}: {note}", file=sys.stderr)
     print(f"wrote {args.out}")
     return 0
+
+
+def _check_split_sizes(args, splits: dict, rows: int) -> list[str]:
+    """An empty train split is an error; a valid / test split the fractions leave empty is named (not written)."""
+    if not len(splits.get("train", ())):
+        raise ValueError(f"{args.input}: --split {args.split} leaves the train split empty ({rows} rows in all). "
+                         "Fix: lower --valid-frac / --test-frac, or give more rows")
+    notes = []
+    for name, frac in (("valid", args.valid_frac), ("test", args.test_frac)):
+        if name in splits or args.split == "none" or (args.split != "leave_one_out" and frac <= 0):
+            continue
+        why = {"time": f"floor({frac:g} x each user's rows) is 0 for every user",
+               "random": f"no row fell in it at --{name}-frac {frac:g}",
+               "leave_one_out": "every user has fewer than 3 rows"}[args.split]
+        notes.append(f"the {name} split is empty ({why}); it is not written")
+    return notes
+
+
+def _print_truncated(manifest: dict) -> None:
+    """One line: the rows whose lists were longer than their feature's max_len (the last max_len values kept)."""
+    truncated = (manifest.get("extra") or {}).get("truncated") or {}
+    per_feature: dict[str, dict[str, int]] = {}
+    for split, counts in truncated.items():
+        for feature, n in counts.items():
+            per_feature.setdefault(feature, {})[split] = n
+    if per_feature:
+        parts = [f"{feature} {sum(c.values())} rows (" + ", ".join(f"{s} {n}" for s, n in c.items()) + ")"
+                 for feature, c in per_feature.items()]
+        print("truncated to max_len (the last max_len values kept; manifest extra.truncated): " + "; ".join(parts))
 
 
 def _cmd_data_check(args) -> int:
@@ -124,7 +154,7 @@ def _cmd_data_build(args) -> int:
     options = {}
     if args.max_users is not None:
         options["max_users"] = args.max_users
-    build(args.name, out, raw_dir=args.raw, options=options)
+    _print_truncated(build(args.name, out, raw_dir=args.raw, options=options))
     return 0
 
 
@@ -175,14 +205,23 @@ def _cmd_train(args) -> int:
             return 1
         print(format_table(json.loads((run_dir / "metrics.json").read_text())))
         return 0
-    if distributed:
-        from training.distribute import run_task
+    try:
+        if distributed:
+            from training.distribute import run_task
 
-        result = run_task(exp, run_dir, strategy, verbose=2 if args.quiet else 1)
-    else:
-        from training.distribute import make_strategy
+            result = run_task(exp, run_dir, strategy, verbose=2 if args.quiet else 1)
+        else:
+            from training.distribute import make_strategy
 
-        result = train(exp, run_dir, strategy=make_strategy(strategy), verbose=2 if args.quiet else 1)
+            result = train(exp, run_dir, strategy=make_strategy(strategy), verbose=2 if args.quiet else 1)
+    except Exception as e:  # noqa: BLE001 - only a damaged shard is explained; anything else is re-raised as is
+        from training.datasets import explain_read_failure
+
+        message = explain_read_failure(exp.dataset, e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 1
     if result.metrics:
         print(f"[train] {result.seconds:.1f}s; metrics ({run_dir}/metrics.json):")
         print(format_table(result.metrics))
@@ -380,6 +419,22 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(_interrupted(args), file=sys.stderr)
+        return 130
+
+
+def _interrupted(args) -> str:
+    """What Ctrl-C left: a dataset write stops before its rename, so its --out is as it was."""
+    if args.command != "data" or args.data_cmd not in ("write", "build"):
+        return "interrupted"
+    out = Path(args.out) if args.out else None
+    if out is None:
+        from tfrec_zoo.paths import default_data_dir
+
+        out = default_data_dir() / args.name
+    kept = " (the dataset already there is unchanged)" if (out / "manifest.json").exists() else ""
+    return f"interrupted: nothing written to {out}{kept}"
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from tfrec_zoo._tf import tf
 from tfrec_zoo.data import DatasetDir, open_dataset
+from tfrec_zoo.data.reader import damaged_shards, read_failure
 from tfrec_zoo.paths import default_data_dir
 
 from .experiment import Experiment
@@ -26,6 +27,29 @@ def resolve_dataset(name_or_path: str, log=print) -> DatasetDir:
         log(f"building dataset {name_or_path} into {out}")
         build(name_or_path, out, log=log)
     return open_dataset(out)
+
+
+def dataset_dir(name_or_path: str) -> Path:
+    """Where `resolve_dataset` finds a dataset: the directory itself, or data/NAME for a builder's name."""
+    path = Path(name_or_path)
+    return path if (path / "manifest.json").exists() else default_data_dir() / name_or_path
+
+
+def explain_read_failure(name_or_path: str, error: BaseException) -> str | None:
+    """One line naming the damaged shard when `error` (raised while training or evaluating on the dataset) says
+    a shard could not be read; None for any other error. tf.data's own message names no file: the shards are
+    scanned, which costs nothing unless reading has failed."""
+    if not read_failure(error):
+        return None
+    path = dataset_dir(name_or_path)
+    fix = (f"run `tfrec-zoo data check {path}` to list every problem, then rebuild the dataset "
+           f"(`tfrec-zoo data build NAME --out {path}` or `tfrec-zoo data write ... --out {path}`)")
+    bad = damaged_shards(path)
+    if not bad:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"{path}: reading the dataset failed ({first}) but every shard reads whole now. Fix: {fix}"
+    more = f" (and {len(bad) - 1} more damaged shard(s))" if len(bad) > 1 else ""
+    return f"{bad[0]}{more}: the shard is damaged. Fix: {fix}"
 
 
 def train_dataset(exp: Experiment, data: DatasetDir, *, repeat: bool = False, features=None,

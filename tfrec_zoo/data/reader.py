@@ -12,6 +12,7 @@ interleave / parallel reads, which oversubscribe two cores. Each batch is a tupl
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection, Sequence
@@ -297,6 +298,26 @@ class DatasetDir:
                             compression=self.manifest.get("compression", "GZIP"), num_rows=self.rows(split), **kw)
 
 
+def _rebuild_hint(path: Path) -> str:
+    return (f"rebuild it: `tfrec-zoo data build NAME --out {path}` or `tfrec-zoo data write --spec S --input F "
+            f"--out {path}`")
+
+
+def read_manifest(path: str | Path) -> dict:
+    """DIR/manifest.json, checked to be one (a damaged or cut-short file is an error naming it)."""
+    mf = Path(path) / MANIFEST
+    try:
+        manifest = json.loads(mf.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{mf}: not valid JSON ({e}): the file is damaged or was cut short. Fix: "
+                         f"{_rebuild_hint(Path(path))}") from None
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("splits"), dict)
+            and "spec_fingerprint" in manifest):
+        raise ValueError(f"{mf}: not a tfrec_zoo manifest (no `splits` / `spec_fingerprint`). Fix: "
+                         f"{_rebuild_hint(Path(path))}")
+    return manifest
+
+
 def open_dataset(path: str | Path) -> DatasetDir:
     """Open a directory written by `write_dataset`; fails with a clear message if it is not one."""
     path = Path(path)
@@ -304,9 +325,69 @@ def open_dataset(path: str | Path) -> DatasetDir:
     if not mf.exists():
         raise FileNotFoundError(f"{path}: no {MANIFEST}; not a tfrec_zoo dataset (or its build was interrupted). "
                                 "Build it with `tfrec-zoo data build NAME` or `tfrec-zoo data write`.")
-    manifest = json.loads(mf.read_text())
+    manifest = read_manifest(path)
     spec = load_spec(path / "spec.yaml")
     if spec.fingerprint != manifest["spec_fingerprint"]:
         raise ValueError(f"{path}/spec.yaml does not match the manifest's spec fingerprint: the directory was edited "
                          "by hand; rebuild the dataset")
     return DatasetDir(path, spec, Artifacts.load(path / ARTIFACTS_DIR, spec), manifest)
+
+
+# -- finding a damaged shard ---------------------------------------------------------------------------------------
+# A tf.data pipeline over many shards reports a damaged one as `corrupted record at 45447`, naming no file. Reading
+# stays as it is (nothing is spent on the happy path); after such an error the shards are scanned one by one.
+
+def read_failure(error: BaseException) -> bool:
+    """Whether `error`, raised while iterating a dataset, says a shard is damaged or shorter than the manifest."""
+    tf = _tf()
+    return isinstance(error, tf.errors.DataLossError) or (
+        isinstance(error, tf.errors.FailedPreconditionError) and "expected to contain" in str(error))
+
+
+def damaged_shards(path: str | Path, batch: int = 4096) -> list[str]:
+    """One line per shard of the dataset at `path` that cannot be read whole: the file, the first bad record and
+    its byte offset (in the decompressed stream for compressed shards), or a record count the manifest disagrees
+    with. Reads every shard: for the error path only."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    compression = manifest.get("compression", "GZIP")
+    out = []
+    for info in manifest["splits"].values():
+        for shard in info["shards"]:
+            file = path / shard["file"]
+            if not file.exists():
+                out.append(f"{file}: missing (the manifest lists it)")
+                continue
+            n, problem = _scan_shard(file, compression, batch)
+            if problem:
+                out.append(f"{file}: {problem}")
+            elif n != shard["rows"]:
+                out.append(f"{file}: {n} records where the manifest says {shard['rows']} (the file was cut short "
+                           "or replaced)")
+    return out
+
+
+def _scan_shard(file: Path, compression: str, batch: int) -> tuple[int, str | None]:
+    """(records read, None) or (records before the bad one, what is wrong and where)."""
+    tf = _tf()
+    lengths = tf.data.TFRecordDataset(str(file), compression_type=compression).map(tf.strings.length)
+    n = offset = 0
+    try:
+        for b in lengths.batch(batch):
+            n, offset = n + int(b.shape[0]), offset + int(tf.reduce_sum(b)) + 16 * int(b.shape[0])
+        return n, None
+    except tf.errors.OpError:
+        pass
+    try:  # the bad record is in the batch after the n good ones: find it one record at a time
+        for length in lengths.skip(n):
+            n, offset = n + 1, offset + int(length) + 16     # 8 length + 4 CRC + data + 4 CRC
+        return n, None
+    except tf.errors.OpError as e:
+        stream = " of the decompressed stream" if compression else ""
+        return n, f"cannot read record {n}, which starts at byte {offset}{stream} ({_tf_reason(e)})"
+
+
+def _tf_reason(error) -> str:
+    """A tf.errors message without its op decoration (`{{function_node ...}}`, `[Op:IteratorGetNext]`)."""
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message or "")
+    return text.split(" [Op:")[0].strip().rstrip("'") or type(error).__name__

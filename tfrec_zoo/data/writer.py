@@ -8,16 +8,15 @@ Layout of a dataset directory:
     DIR/artifacts/stats.json     dense statistics (training split only)
     DIR/<split>/part-00000-of-00004.tfrecord.gz
 
-Everything is written into `DIR.tmp-*` and renamed at the end, so an interrupted build never leaves a directory
-that looks complete; an existing DIR is replaced only after the new one is whole.
+Everything is written into `.DIR.tmp-HOST-PID-*` and renamed at the end, so an interrupted build never leaves a
+directory that looks complete; an existing DIR is replaced only after the new one is whole. The temporary
+directories of killed runs are removed by the next write to the same DIR (staging.py).
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -28,6 +27,7 @@ import yaml
 from .. import __version__
 from ..features.artifacts import ARTIFACTS_DIR, Artifacts, fit_artifacts
 from ..features.spec import FeatureSpec, FeatureSpecError, TextFeature
+from . import staging
 from .examples import columns_for_examples, serialize_rows
 from .fill import fill_missing
 
@@ -145,14 +145,17 @@ def write_dataset(splits: Mapping[str, pd.DataFrame], spec: FeatureSpec, out_dir
     # unfilled train split, so a fill never enters them
     filled, fills = fill_missing(splits, spec, source)
     # validate every split before anything is fitted or written: bad input fails fast with its line (or record)
-    columns = {name: columns_for_examples(df.reset_index(drop=True), spec, f"{source} [{name}]")
+    truncated: dict[str, dict[str, int]] = {name: {} for name in filled}
+    columns = {name: columns_for_examples(df.reset_index(drop=True), spec, f"{source} [{name}]", truncated[name])
                for name, df in filled.items()}
+    truncated = {name: counts for name, counts in truncated.items() if counts}
     if artifacts is None:
         artifacts = fit_artifacts(spec, splits["train"], encode_catalogues(catalogues or {}, spec, get_encoder))
     if fills:
         extra = {**(extra or {}), "fills": fills}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
+    if truncated:  # {split: {feature: rows longer than max_len}}: their last max_len values were kept
+        extra = {**(extra or {}), "truncated": truncated}
+    tmp = staging.staging_dir(out_dir)
     try:
         manifest: dict[str, Any] = {
             "format": FORMAT, "spec_name": spec.name, "spec_fingerprint": spec.fingerprint, "source": source,
@@ -166,18 +169,8 @@ def write_dataset(splits: Mapping[str, pd.DataFrame], spec: FeatureSpec, out_dir
         artifacts.save(tmp / ARTIFACTS_DIR)
         (tmp / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        _replace_dir(tmp, out_dir)
+        staging.publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    if target.exists():
-        old = target.with_name(f"{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)

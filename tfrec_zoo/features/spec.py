@@ -578,12 +578,11 @@ def _parse_field(ctx: _Ctx, raw: Any, path: str) -> SequenceField:
     return SequenceField(**kw)
 
 
-def _text_encoders() -> Mapping[str, Any]:
-    """The registry of text encoders (name -> factory). Importing it imports TensorFlow (seconds), so only specs
-    with a text feature pay for it."""
-    from ..text import ENCODERS
+def _text_encoders() -> Mapping[str, int]:
+    """The known text encoders (name -> dim), from the TensorFlow-free list beside their factories."""
+    from ..text.known import ENCODER_DIMS
 
-    return ENCODERS
+    return ENCODER_DIMS
 
 
 def _parse_text(ctx: _Ctx, raw: Mapping, path: str) -> dict:
@@ -592,7 +591,7 @@ def _parse_text(ctx: _Ctx, raw: Mapping, path: str) -> dict:
     if name not in encoders:
         ctx.fail(f"{path}.encoder", f"unknown text encoder {reprlib.repr(name)}",
                  f"use one of {', '.join(sorted(encoders))} (tfrec_zoo.text.ENCODERS)")
-    native = getattr(encoders[name], "dim", None)   # the factories are encoder classes with a `dim`
+    native = encoders[name]
     dim = ctx.count(raw, "dim", path, native if _is_int(native) else TextFeature.dim, MAX_VECTOR_DIM)
     if _is_int(native) and dim != native:
         ctx.fail(f"{path}.dim", f"encoder {name} gives {native} floats, `dim` says {dim}",

@@ -278,7 +278,7 @@ def test_text_encoder_must_be_a_known_one():
 
 
 def test_a_registered_encoder_is_accepted_with_its_own_dim(monkeypatch):
-    import tfrec_zoo.text.known as known
+    import tfrec_zoo.features.text_encoders as known
 
     monkeypatch.setitem(known.ENCODER_DIMS, "tiny", 4)
     assert parse_spec(_with_text(encoder="tiny"), "spec.yaml")["title"].dim == 4
@@ -287,7 +287,7 @@ def test_a_registered_encoder_is_accepted_with_its_own_dim(monkeypatch):
 def test_the_spec_list_of_encoders_matches_their_factories():
     """Specs are validated against a TensorFlow-free list; it must name exactly the factories, with their dims."""
     from tfrec_zoo.text import ENCODERS
-    from tfrec_zoo.text.known import ENCODER_DIMS
+    from tfrec_zoo.features.text_encoders import ENCODER_DIMS
 
     assert {name: f.dim for name, f in ENCODERS.items()} == ENCODER_DIMS
     assert all(f.name == name for name, f in ENCODERS.items())

@@ -580,7 +580,7 @@ def _parse_field(ctx: _Ctx, raw: Any, path: str) -> SequenceField:
 
 def _text_encoders() -> Mapping[str, int]:
     """The known text encoders (name -> dim), from the TensorFlow-free list beside their factories."""
-    from ..text.known import ENCODER_DIMS
+    from .text_encoders import ENCODER_DIMS
 
     return ENCODER_DIMS
 

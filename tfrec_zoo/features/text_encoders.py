@@ -1,4 +1,4 @@
-"""The text encoders a feature spec may name, with the vector size each gives: TensorFlow-free, so validating a
+"""The text encoders (tfrec_zoo.text) a feature spec may name, with the vector size each gives: TensorFlow-free, so validating a
 spec does not import TensorFlow (seconds). `tfrec_zoo.text.ENCODERS` holds their factories; a test keeps the two
 in step."""
 from __future__ import annotations

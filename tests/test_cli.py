@@ -142,6 +142,18 @@ def test_fill_policies_fill_from_train_and_never_enter_the_vocabulary(tmp_path: 
     assert d.artifacts.stats["price"]["mean"] == 4.0
 
 
+def test_a_non_number_in_a_filled_dense_column_names_its_line(tmp_path: Path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(FILL_SPEC.replace("{name: price, kind: dense}", "{name: price, kind: dense, fill: median}"))
+    csv = _prices(tmp_path)
+    csv.write_text(csv.read_text().replace("b,6,3,z,3.0,0", "b,6,3,z,cheap,0"))
+    assert main(["data", "write", "--spec", str(spec), "--input", str(csv), "--out", str(tmp_path / "o"),
+                 "--split", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "feature 'price', line 7: value 'cheap' is not a number (1 such value(s) in the column)" in err, err
+    assert not (tmp_path / "o").exists()
+
+
 def test_fill_values_are_validated_in_the_spec(tmp_path: Path, capsys):
     spec = tmp_path / "s.yaml"
     spec.write_text(FILL_SPEC.replace("{name: price, kind: dense}", "{name: price, kind: dense, fill: average}"))

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..features.spec import DenseFeature, FeatureSpec, FeatureSpecError, _Categorical
+from .examples import RecordError, source_origin
 
 # the int64 id a missing value becomes with `fill: oov`: never a vocabulary entry (vocabularies are fitted on the
 # unfilled values), so the in-graph lookup sends it to the OOV bucket
@@ -66,8 +67,21 @@ def fill_missing(splits: Mapping[str, pd.DataFrame], spec: FeatureSpec, source: 
             missing = df[name].isna()
             if missing.any():
                 col = df[name].astype(object).where(~missing, value)
-                df[name] = pd.to_numeric(col) if isinstance(spec[name], DenseFeature) or (
-                    spec[name].dtype == "int64") else col
+                if isinstance(spec[name], DenseFeature) or spec[name].dtype == "int64":
+                    col = _numeric(col, df, name, source)
+                df[name] = col
                 counts.setdefault(split, {})[name] = int(missing.sum())
         out[split] = df
     return out, {"values": values, "filled": counts}
+
+
+def _numeric(col: pd.Series, df: pd.DataFrame, name: str, source: str) -> pd.Series:
+    """The filled column as numbers; a value that is not one is an error naming its line."""
+    parsed = pd.to_numeric(col, errors="coerce")
+    bad = np.flatnonzero((parsed.isna() & col.notna()).to_numpy())
+    if bad.size:
+        row = int(bad[0])
+        raise RecordError(source, name, row, f"value {str(col.iloc[row])[:60]!r} is not a number "
+                          f"({bad.size} such value(s) in the column)",
+                          "fix the value: a number, or an empty cell for a missing one", source_origin(df, row))
+    return parsed

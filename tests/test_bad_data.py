@@ -424,3 +424,27 @@ def test_ctrl_c_during_data_build_names_the_default_directory(monkeypatch, tmp_p
     monkeypatch.setattr(builders, "build", interrupted)
     assert main(["data", "build", "ml-latest-small", "--out", str(tmp_path / "ml")]) == 130
     assert capsys.readouterr().err.strip() == f"interrupted: nothing written to {tmp_path / 'ml'}"
+
+
+@pytest.mark.parametrize("value, problem", [("soon", "time 'soon' is not a number or an ISO date"),
+                                            ("", "the time is missing")])
+def test_a_time_that_is_not_a_time_names_its_line(tmp_path, capsys, value, problem):
+    rows = HEADER + "a,1,10,[],1.0,1\na,2,9,[],1.0,0\n" + f"b,3,{value},[],2.0,1\n"
+    code, _ = write(tmp_path, rows, split="time")
+    assert code == 2
+    line = error_line(capsys)
+    assert f"feature 'ts', line 4: {problem}" in line, line
+    assert_nothing_written(tmp_path)
+
+
+def test_iso_dates_are_times(tmp_path, capsys):
+    """A time column of ISO dates (not numbers) is read as dates: the latest (first in the file) is the test row."""
+    spec = SPEC.replace("  - {name: price, kind: dense}\n", "")
+    rows = "uid,item,ts,cats,clicked\n" + "".join(
+        f"a,{i},{d},[],{i % 2}\n" for i, d in enumerate(["2024-10-09T08:00:00", "2024-09-30", "2024-10-02",
+                                                         "2024-10-03", "2024-10-04", "2024-10-05", "2024-10-06",
+                                                         "2024-10-07", "2024-10-08", "2024-10-09"]))
+    code, out = write(tmp_path, rows, spec, "in.csv", "leave_one_out")
+    assert code == 0, capsys.readouterr().err
+    test = next(iter(open_dataset(out).dataset("test", 8)))[0]
+    assert test["item"].numpy().tolist() == [0]       # the latest by date, though first in the file

@@ -61,7 +61,7 @@ def _cmd_data_write(args) -> int:
 
     from tfrec_zoo.data import write_dataset
     from tfrec_zoo.data.interactions import (
-        assign_splits, attach_histories, chronological, describe_splits, split_frames,
+        assign_splits, attach_histories, chronological, describe_splits, numeric_time, split_frames,
     )
     from tfrec_zoo.data.tables import coerce_list_columns, read_table
     from tfrec_zoo.features.spec import check_history_sources, load_spec
@@ -81,7 +81,7 @@ def _cmd_data_write(args) -> int:
         if col not in df.columns:
             raise SystemExit(f"error: {args.input}: column {col!r} missing (columns: {list(df.columns)[:20]})")
     if user and time and user in df.columns and time in df.columns:
-        df = chronological(df, user, time)
+        df = chronological(numeric_time(df, time, args.input), user, time)
     if args.split == "none":
         ranks = np.zeros(len(df), np.int8)
     elif args.split == "random":

@@ -23,6 +23,37 @@ SPLITS = ("train", "valid", "test")
 SPLIT_METHODS = ("time", "leave_one_out", "random")
 
 
+def numeric_time(log: pd.DataFrame, time: str, source: str) -> pd.DataFrame:
+    """The log with its time column as numbers (timestamps, or ISO dates as nanoseconds since the epoch): a text
+    column would sort "10" before "9", and a missing time would sort anywhere. Either is an error naming the line."""
+    from .examples import RecordError, source_origin
+
+    col = log[time]
+    if pd.api.types.is_datetime64_any_dtype(col):
+        parsed = col.astype("int64").astype("float64").where(col.notna())
+    elif pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        parsed = col
+    else:
+        parsed = pd.to_numeric(col, errors="coerce")
+        if parsed.isna().any() and col.notna().any():
+            as_dates = pd.to_datetime(col, errors="coerce", format="ISO8601")
+            if (as_dates.notna() | col.isna()).all():
+                parsed = as_dates.astype("int64").astype("float64").where(as_dates.notna())
+    bad = np.flatnonzero(parsed.isna().to_numpy() | ~np.isfinite(parsed.to_numpy(np.float64, na_value=np.nan)))
+    if bad.size:
+        row = int(bad[0])
+        value = col.iloc[row]
+        problem = "the time is missing" if pd.isna(value) else f"time {str(value)[:40]!r} is not a number or an ISO date"
+        raise RecordError(source, time, row, f"{problem} ({bad.size} such row(s))",
+                          "give every row a numeric timestamp (or an ISO 8601 date): rows are ordered by it",
+                          source_origin(log, row))
+    if parsed is col:
+        return log
+    log = log.copy()
+    log[time] = parsed
+    return log
+
+
 def chronological(log: pd.DataFrame, user: str, time: str) -> pd.DataFrame:
     """The log sorted by user then time; ties keep the original order (stable sort)."""
     return log.sort_values([user, time], kind="stable").reset_index(drop=True)

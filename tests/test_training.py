@@ -200,6 +200,28 @@ def test_set_errors_name_the_key():
         load_experiment(EXPERIMENTS / "din-ml-latest-small.yaml", ["optimizer.learning_rate.x=1"])
 
 
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"name: x\nname: y\n", "line 2, column 1: not valid YAML (duplicate key 'name'"),
+    (BOMB.encode(), "aliases expand to more than"),
+    (b"[" * 20_000, "nest"),    # libyaml: "exceeded maximum nesting depth"; ours: "nested deeper than 20"
+    (b"name: caf\xe9\n", "line 1, byte offset 9: not UTF-8 (byte 0xe9)"),
+    (b"x" * ((1 << 20) + 1), "larger than 1,048,576 bytes"),
+])
+def test_a_hostile_experiment_file_is_one_clear_error(tmp_path, content, words):
+    """Experiments are read with the feature specs' YAML limits (size, depth, aliases, duplicate keys)."""
+    path = tmp_path / "exp.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ExperimentError) as e:
+        load_experiment(path)
+    assert str(e.value).startswith(str(path)) and words in str(e.value), str(e.value)
+    with pytest.raises(ExperimentError, match="aliases expand"):    # a --set value goes through the same loader
+        load_experiment(EXPERIMENTS / "din-ml-latest-small.yaml", ["params={" + BOMB.replace("\n", ", ") + "}"])
+
+
 def test_pretrain_then_finetune_restores_by_name_remaps_vocab_and_freezes(ml_small, ml_other, tmp_path):
     pre = train(exp_for(ml_other), tmp_path / "pre", verbose=0, evaluate=False)
     fine_exp = exp_for(ml_small, f"restore={{checkpoint: {tmp_path / 'pre'}, freeze: ['^emb_movie_id$']}}")

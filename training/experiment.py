@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from tfrec_zoo.features import safe_yaml
 from tfrec_zoo.features.spec import FeatureSpecError
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "parameter_server")
@@ -114,10 +115,10 @@ def parse_experiment(raw: Any, source: str = "<memory>", overrides: list[str] | 
             fail(f"--set {item}", "expected key=value", "write e.g. --set epochs=3")
         key, value = item.split("=", 1)
         try:
-            parsed = yaml.safe_load(value)
+            parsed = safe_yaml.load(value)
         except yaml.YAMLError as e:
-            problem = str(e).splitlines()[0]
-            fail(f"--set {key.strip()}", f"{value!r} is not a YAML value ({problem})",
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            fail(f"--set {key.strip()}", f"{value[:80]!r} is not a YAML value ({problem})",
                  "quote it, or write a list as [1, 2] and a mapping as {a: 1}")
         try:
             _set(raw, key.strip(), parsed)
@@ -269,12 +270,35 @@ def pretrain_params(exp: Experiment) -> dict:
     return {**fine, **(exp.pretrain or {}).get("params", {})}
 
 
+MAX_EXPERIMENT_BYTES = 1 << 20  # a hand-written config; anything larger is a wrong path (or a device)
+
+
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
+    """Read an experiment YAML with the limits of feature specs (size, nesting depth, aliases, duplicate keys)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_EXPERIMENT_BYTES + 1)
     except OSError as e:
-        raise ExperimentError(str(path), "", f"cannot read ({e.strerror})", "check the path") from None
+        raise ExperimentError(str(path), "", f"cannot read ({e.strerror or e})", "check the path") from None
+    if len(data) > MAX_EXPERIMENT_BYTES:
+        raise ExperimentError(str(path), "", f"the file is larger than {MAX_EXPERIMENT_BYTES:,} bytes",
+                              "check the path: an experiment is a short YAML file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ExperimentError(str(path), f"line {line}, byte offset {e.start}",
+                              f"not UTF-8 (byte 0x{data[e.start]:02x})", "save the file as UTF-8") from None
+    return parse_experiment(_load_yaml(text, str(path)), str(path), overrides)
+
+
+def _load_yaml(text: str, source: str, where: str = "") -> Any:
+    try:
+        return safe_yaml.load(text)
     except yaml.YAMLError as e:
-        raise ExperimentError(str(path), "", f"not valid YAML ({e})", "fix the YAML syntax") from None
-    return parse_experiment(raw, str(path), overrides)
+        mark = getattr(e, "problem_mark", None)
+        at = where or (f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        fix = getattr(e, "fix", None) or "fix the YAML syntax"
+        raise ExperimentError(source, at, f"not valid YAML ({problem})", fix) from None

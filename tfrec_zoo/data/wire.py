@@ -7,9 +7,9 @@ from whole columns. The wire format it writes (protobuf, every length-delimited 
     Feature  { oneof: 1 bytes_list | 2 float_list | 3 int64_list }
     BytesList{ 1: repeated bytes }   FloatList{ 1: packed float32 }   Int64List{ 1: packed varint }
 
-Map entries are written in the order of their keys' UTF-8 bytes, the order `SerializeToString(deterministic=True)`
-uses, so a record is byte-identical to the per-row proto (`proto_rows`, kept as the reference the tests and
-benchmarks/pipeline.py compare against). Values convert as protobuf converts them: floats round to float32 as a C
+Map entries are written in the order `SerializeToString(deterministic=True)` writes them (`map_order`), so a record
+is byte-identical to the per-row proto (`proto_rows`, kept as the reference the tests and benchmarks/pipeline.py
+compare against); readers do not depend on that order. Values convert as protobuf converts them: floats round to float32 as a C
 cast does (overflow -> inf, NaN stays NaN), negative int64 become 10-byte varints, strings are UTF-8 encoded, and an
 empty list is still written as an (empty) list of its kind.
 
@@ -44,6 +44,13 @@ class _Column:
     row_offsets: np.ndarray            # [n+1]: row i holds values (bytes: strings) row_offsets[i]:row_offsets[i+1]
     values: np.ndarray                 # int64 / little-endian float32 / bytes: every string's UTF-8, concatenated
     str_offsets: np.ndarray | None     # bytes only, [m+1]: where each string starts in `values`
+
+
+def map_order(key: str) -> bytes:
+    """Sort key of the map entries in protobuf's (upb's) deterministic serialization: byte order, except that a key
+    comes after the longer keys it is a prefix of ("ab" before "a"). 0xFF never occurs in UTF-8, so appending it
+    gives exactly that order."""
+    return key.encode() + b"\xff"
 
 
 def varint(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -208,7 +215,7 @@ class ExampleEncoder:
     def __init__(self, cols: Columns, n: int):
         self.n = n
         self.columns = [_flatten(name, kind, values, n)
-                        for name, (kind, values) in sorted(cols.items(), key=lambda kv: kv[0].encode())]
+                        for name, (kind, values) in sorted(cols.items(), key=lambda kv: map_order(kv[0]))]
 
     def encode(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows a:b -> (buffer, [b-a+1] offsets): record i is buffer[offsets[i]:offsets[i+1]]."""

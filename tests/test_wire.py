@@ -199,16 +199,23 @@ def test_an_example_without_features_is_empty_bytes():
 
 
 def test_values_protobuf_refuses_are_refused_naming_the_feature():
+    def encode(cols, n):
+        return list(ExampleEncoder(cols, n).records(chunk_rows=2))
+
     with pytest.raises(ValueError, match=r"feature 'id': cannot store the values as int64 \(TypeError: got float64"):
-        ExampleEncoder({"id": ("int64", [1, 1.5])}, 2)
+        encode({"id": ("int64", [1, 1.5])}, 2)
     with pytest.raises(ValueError, match="feature 'f': cannot store the values as float"):
-        ExampleEncoder({"f": ("float", ["1.5"])}, 1)
-    with pytest.raises(ValueError, match="feature 'h': row 1 holds a scalar, the rows before it lists"):
-        ExampleEncoder({"h": ("int64", [[1], 2])}, 2)
+        encode({"f": ("float", ["1.5"])}, 1)
+    with pytest.raises(ValueError, match="feature 'b': cannot store the values as bytes .*AttributeError"):
+        encode({"b": ("bytes", [b"raw"])}, 1)    # str only, as the per-row path
+    with pytest.raises(ValueError, match="feature 'h': row 3 holds a scalar, row 2 a list"):
+        encode({"h": ("int64", [[1], [2], [3], 4])}, 4)
     with pytest.raises(ValueError, match="feature 'id': cannot store the values as int64 .*above the int64 range"):
-        ExampleEncoder({"id": ("int64", [2 ** 63])}, 1)
+        encode({"id": ("int64", [2 ** 63])}, 1)
     with pytest.raises(ValueError, match="feature 'id': 1 values for 2 rows"):
         ExampleEncoder({"id": ("int64", [1])}, 2)
+    with pytest.raises(ValueError, match="feature 'id': unknown value kind 'int32'"):
+        ExampleEncoder({"id": ("int32", [1])}, 1)
 
 
 def test_serialize_rows_and_the_reader_see_the_per_row_examples():

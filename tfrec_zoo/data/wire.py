@@ -37,11 +37,11 @@ Piece = tuple[np.ndarray, "np.ndarray | int"]
 
 @dataclass(frozen=True)
 class _Column:
-    """One feature's values flattened once for the whole split."""
+    """One feature's values of a chunk of rows, flattened."""
 
     key: bytes
     kind: str
-    row_offsets: np.ndarray            # [n+1]: row i holds values (bytes: strings) row_offsets[i]:row_offsets[i+1]
+    row_offsets: np.ndarray            # [rows+1]: row i holds values (bytes: strings) row_offsets[i]:row_offsets[i+1]
     values: np.ndarray                 # int64 / little-endian float32 / bytes: every string's UTF-8, concatenated
     str_offsets: np.ndarray | None     # bytes only, [m+1]: where each string starts in `values`
 
@@ -124,12 +124,10 @@ def _const(raw: bytes) -> Piece:
     return np.frombuffer(raw, np.uint8), len(raw)
 
 
-def _flatten(name: str, kind: str, values: Any, n: int) -> _Column:
-    """(kind, per-row values) -> one _Column: counts per row and all values in one typed array."""
-    if kind not in _KIND_TAG:
-        raise ValueError(f"feature {name!r}: unknown value kind {kind!r} (expected one of {sorted(_KIND_TAG)})")
-    if len(values) != n:
-        raise ValueError(f"feature {name!r}: {len(values)} values for {n} rows")
+def _flatten(name: str, kind: str, values: Any, first: int) -> _Column:
+    """(kind, the values of rows first, first+1, ...) -> one _Column: counts per row and the values in one typed
+    array. Done per chunk: the Python part of the work then overlaps the previous chunk's compression."""
+    n = len(values)
     if isinstance(values, np.ndarray) and values.dtype != object and values.ndim in (1, 2):
         counts = np.full(n, 1 if values.ndim == 1 else values.shape[1], np.int64)
         flat: Any = values.reshape(-1)
@@ -138,7 +136,7 @@ def _flatten(name: str, kind: str, values: Any, n: int) -> _Column:
             counts = np.fromiter((len(v) for v in values), np.int64, n)
         except TypeError:
             i = next(i for i, v in enumerate(values) if not isinstance(v, (list, tuple, np.ndarray)))
-            raise ValueError(f"feature {name!r}: row {i} holds a scalar, the rows before it lists") from None
+            raise ValueError(f"feature {name!r}: row {first + i} holds a scalar, row {first} a list") from None
         flat = (np.concatenate(values) if all(isinstance(v, np.ndarray) for v in values)
                 else list(chain.from_iterable(values)))
     else:
@@ -172,22 +170,20 @@ def _typed(name: str, kind: str, flat: Any, row_offsets: np.ndarray) -> _Column:
     return _Column(key, kind, row_offsets, as32.astype("<f4", copy=False), None)
 
 
-def _list_pieces(col: _Column, a: int, b: int) -> tuple[list[Piece], np.ndarray]:
-    """Rows a:b of one column as the body of its Int64List / FloatList / BytesList -> (pieces, per-row lengths)."""
-    lo, hi = int(col.row_offsets[a]), int(col.row_offsets[b])
-    counts = np.diff(col.row_offsets[a:b + 1])
+def _list_pieces(col: _Column) -> tuple[list[Piece], np.ndarray]:
+    """Each row of one column as the body of its Int64List / FloatList / BytesList -> (pieces, per-row lengths)."""
+    counts = np.diff(col.row_offsets)
     if col.kind == "bytes":   # each string: tag, varint length, bytes
-        so = col.str_offsets[lo:hi + 1]
-        slen = np.diff(so)
+        slen = np.diff(col.str_offsets)
         vpiece, _ = _varint_piece(slen)
-        strings, each = _assemble([_const(b"\x0a"), vpiece, (col.values[so[0]:so[-1]], slen)], hi - lo)
+        strings, each = _assemble([_const(b"\x0a"), vpiece, (col.values, slen)], slen.size)
         per_row = _segment_sums(np.diff(each), counts)
         return [(strings, per_row)], per_row
     if col.kind == "int64":
-        payload, vlen = varint(col.values[lo:hi])
+        payload, vlen = varint(col.values)
         plen = _segment_sums(vlen, counts)
     else:
-        payload, plen = col.values[lo:hi].view(np.uint8), counts * 4
+        payload, plen = col.values.view(np.uint8), counts * 4
     # packed repeated field: tag and byte length, left out entirely when the list is empty
     nonempty = counts > 0
     header, hlen = _varint_piece(plen, nonempty)
@@ -195,9 +191,9 @@ def _list_pieces(col: _Column, a: int, b: int) -> tuple[list[Piece], np.ndarray]
     return [tag, header, (payload, plen)], nonempty + hlen + plen
 
 
-def _entry_pieces(col: _Column, a: int, b: int) -> tuple[list[Piece], np.ndarray]:
-    """Rows a:b of one column as a Features map entry {1: key, 2: Feature}, with its field-1 tag and length."""
-    body, list_len = _list_pieces(col, a, b)
+def _entry_pieces(col: _Column) -> tuple[list[Piece], np.ndarray]:
+    """Each row of one column as a Features map entry {1: key, 2: Feature}, with its field-1 tag and length."""
+    body, list_len = _list_pieces(col)
     list_varint, ll = _varint_piece(list_len)
     feature_len = 1 + ll + list_len
     feature_varint, fl = _varint_piece(feature_len)
@@ -213,8 +209,13 @@ class ExampleEncoder:
     """Serialized tf.train.Example records of a split's columns, encoded a chunk of rows at a time."""
 
     def __init__(self, cols: Columns, n: int):
+        for name, (kind, values) in cols.items():
+            if kind not in _KIND_TAG:
+                raise ValueError(f"feature {name!r}: unknown value kind {kind!r} (expected one of {sorted(_KIND_TAG)})")
+            if len(values) != n:
+                raise ValueError(f"feature {name!r}: {len(values)} values for {n} rows")
         self.n = n
-        self.columns = [_flatten(name, kind, values, n)
+        self.columns = [(name, kind, values)
                         for name, (kind, values) in sorted(cols.items(), key=lambda kv: map_order(kv[0]))]
 
     def encode(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
@@ -226,8 +227,8 @@ class ExampleEncoder:
             return np.empty(0, np.uint8), np.zeros(rows + 1, np.int64)
         pieces: list[Piece] = []
         total = np.zeros(rows, np.int64)
-        for col in self.columns:
-            entry, size = _entry_pieces(col, a, b)
+        for name, kind, values in self.columns:
+            entry, size = _entry_pieces(_flatten(name, kind, values[a:b], a))
             pieces += entry
             total += size
         head, _ = _varint_piece(total)

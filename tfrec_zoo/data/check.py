@@ -118,7 +118,7 @@ class _BatchChecker:
     def __init__(self, spec: FeatureSpec):
         import tensorflow as tf
 
-        self.expect, self.max_len, self.file = _expectations(spec), _max_lengths(spec), ""
+        self.expect, self.max_len = _expectations(spec), _max_lengths(spec)
         dtypes = {"int64_list": tf.int64, "float_list": tf.float32, "bytes_list": tf.string}
         desc = {col: tf.io.RaggedFeature(dtypes[kind]) for col, kind, *_ in self.expect}
 
@@ -132,31 +132,31 @@ class _BatchChecker:
         `first`."""
         import tensorflow as tf
 
-        self.file = file
         try:
             counts = {k: v.numpy() for k, v in self._counts(batch).items()}
         except (tf.errors.InvalidArgumentError, UnicodeDecodeError):  # TF's message can quote undecodable bytes
-            return self._one_by_one(batch.numpy(), first, rejected=True)
+            return self._one_by_one(file, batch.numpy(), first, rejected=True)
         size = int(batch.shape[0])
         exact = np.zeros(size, bool)
         for col, *_ in self.expect:
             exact |= counts[col] == 0
-        found = self._vectorised(counts, ~exact, first)
+        found = self._vectorised(file, counts, ~exact, first)
         rows = np.flatnonzero(exact)
         if rows.size:
-            found += self._one_by_one(tf.gather(batch, rows).numpy(), first, rows=rows)
+            found += self._one_by_one(file, tf.gather(batch, rows).numpy(), first, rows=rows)
         return found
 
-    def _one_by_one(self, records, first: int, rows=None, rejected: bool = False) -> list[tuple[int, int, Problem]]:
+    def _one_by_one(self, file: str, records, first: int, rows=None,
+                    rejected: bool = False) -> list[tuple[int, int, Problem]]:
         found = []
         for k, raw in enumerate(records):
             i = first + (int(rows[k]) if rows is not None else k)
-            found += [(i, j, p) for j, p in enumerate(_check_one(self.expect, self.max_len, self.file, i, raw))]
+            found += [(i, j, p) for j, p in enumerate(_check_one(self.expect, self.max_len, file, i, raw))]
         if rejected and not found:  # parse_example refused the batch, yet every proto decodes: name the record
-            found = self._rejected_by_tf(records, first)
+            found = self._rejected_by_tf(file, records, first)
         return found
 
-    def _rejected_by_tf(self, records, first: int) -> list[tuple[int, int, Problem]]:
+    def _rejected_by_tf(self, file: str, records, first: int) -> list[tuple[int, int, Problem]]:
         import tensorflow as tf
 
         found = []
@@ -165,11 +165,11 @@ class _BatchChecker:
                 self._counts(tf.constant([raw]))
             except (tf.errors.InvalidArgumentError, UnicodeDecodeError) as e:
                 message = getattr(e, "message", str(e)).splitlines()[0]
-                found.append((first + k, 0, Problem(self.file, first + k, None,
+                found.append((first + k, 0, Problem(file, first + k, None,
                                                     f"tf.io.parse_example rejects it ({message})")))
         return found
 
-    def _vectorised(self, counts: dict[str, np.ndarray], rows: np.ndarray, first: int) -> list:
+    def _vectorised(self, file: str, counts: dict[str, np.ndarray], rows: np.ndarray, first: int) -> list:
         """Problems of the records where `rows` (every column non-empty): per-record logic on count arrays."""
         found: list[tuple[int, int, Problem]] = []
         ref_len: dict[str, np.ndarray] = {}    # per group: the first column's length, -1 before it is set
@@ -177,7 +177,7 @@ class _BatchChecker:
 
         def report(mask, order: int, col: str, message) -> None:
             for i in np.flatnonzero(mask & rows):
-                found.append((first + int(i), order, Problem(self.file, first + int(i), col, message(int(i)))))
+                found.append((first + int(i), order, Problem(file, first + int(i), col, message(int(i)))))
 
         for e, (col, _, rule, width, group) in enumerate(self.expect):
             n = counts[col]

@@ -9,9 +9,9 @@ from whole columns. The wire format it writes (protobuf, every length-delimited 
 
 Map entries are written in the order `SerializeToString(deterministic=True)` writes them (`map_order`), so a record
 is byte-identical to the per-row proto (`proto_rows`, kept as the reference the tests and benchmarks/pipeline.py
-compare against); readers do not depend on that order. Values convert as protobuf converts them: floats round to float32 as a C
-cast does (overflow -> inf, NaN stays NaN), negative int64 become 10-byte varints, strings are UTF-8 encoded, and an
-empty list is still written as an (empty) list of its kind.
+compare against); readers do not depend on that order. Values convert as protobuf converts them: floats round to
+float32 as a C cast does (overflow -> inf, NaN stays NaN), negative int64 become 10-byte varints, strings are UTF-8
+encoded, and an empty list is still written as an (empty) list of its kind.
 
 A column is (kind, values) as `examples.columns_for_examples` gives it: kind "int64" / "float" / "bytes"; values one
 entry per row, each a scalar, a list (ragged, possibly empty) or a numpy row, or the whole column as a numpy array
@@ -268,7 +268,7 @@ def row_serializer(cols: Columns, n: int, chunk_rows: int = DEFAULT_CHUNK_ROWS) 
 
 def proto_rows(cols: Columns, n: int) -> Callable[[int], bytes]:
     """The reference: row -> tf.train.Example built field by field and serialized deterministically (what the
-    writer did before this module; ~20x slower). Tests and benchmarks/pipeline.py compare the encoder to it."""
+    writer did before this module). Tests and benchmarks/pipeline.py compare the encoder to it."""
     from tensorflow.core.example import example_pb2
 
     items = list(cols.items())

@@ -402,30 +402,7 @@ def _columns_for_examples(df: pd.DataFrame, spec: FeatureSpec, source: str,
 
 
 def serialize_rows(cols: dict[str, tuple[str, list]], n: int) -> Callable[[int], bytes]:
-    """Return row -> serialized tf.train.Example."""
-    example_pb2, feature_pb2 = _example_pb()
-    Int64List, FloatList, BytesList = feature_pb2.Int64List, feature_pb2.FloatList, feature_pb2.BytesList
-    items = list(cols.items())
-
-    def one(i: int) -> bytes:
-        ex = example_pb2.Example()
-        fmap = ex.features.feature
-        for name, (kind, values) in items:
-            v = values[i]
-            if isinstance(v, np.ndarray):
-                v = v.tolist()
-            if kind == "int64":
-                fmap[name].int64_list.value.extend(v if isinstance(v, list) else [v])
-            elif kind == "bytes":
-                vals = v if isinstance(v, list) else [v]
-                fmap[name].bytes_list.value.extend([s.encode() for s in vals])
-            else:
-                fmap[name].float_list.value.extend(v if isinstance(v, list) else [v])
-            if isinstance(v, list) and not v:  # an empty list must still say which list it is
-                getattr(fmap[name], {"int64": "int64_list", "bytes": "bytes_list", "float": "float_list"}[kind]
-                        ).SetInParent()
-        # deterministic: identical inputs give byte-identical files
-        return ex.SerializeToString(deterministic=True)
-
-    del Int64List, FloatList, BytesList
-    return one
+    """Return row -> serialized tf.train.Example: encoded column-wise a chunk of rows at a time (data/wire.py),
+    byte-identical to building each row's proto and serializing it deterministically (`wire.proto_rows`)."""
+    from .wire import row_serializer
+    return row_serializer(cols, n)

@@ -17,8 +17,11 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import uuid
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -28,8 +31,9 @@ from .. import __version__
 from ..features.artifacts import ARTIFACTS_DIR, Artifacts, fit_artifacts
 from ..features.spec import FeatureSpec, FeatureSpecError, TextFeature
 from . import staging
-from .examples import columns_for_examples, serialize_rows
+from .examples import columns_for_examples
 from .fill import fill_missing
+from .wire import ExampleEncoder
 
 MANIFEST = "manifest.json"
 FORMAT = "tfrec_zoo.dataset/1"
@@ -98,28 +102,77 @@ def _shard_files(split: str, n_rows: int, rows_per_shard: int, suffix: str) -> l
 def write_split(cols: dict, n: int, root: Path, split: str, *, rows_per_shard: int = 200_000,
                 compression: str = "GZIP", progress: bool = True) -> list[dict]:
     """Write one split's validated columns (see `columns_for_examples`); return [{file, rows}] per shard."""
-    import tensorflow as tf
-
     suffix = ".gz" if compression == "GZIP" else ""
     files = _shard_files(split, n, rows_per_shard, suffix)
     (root / split).mkdir(parents=True, exist_ok=True)
-    one = serialize_rows(cols, n)
+    encoder = ExampleEncoder(cols, n)   # column-wise (data/wire.py): same bytes as one tf.train.Example per row
     bar = _progress(n, f"write {split}", progress)
     shards, start = [], 0
-    options = tf.io.TFRecordOptions(compression_type=compression or "")
     for k, rel in enumerate(files):
         stop = n if k == len(files) - 1 else start + rows_per_shard
-        with tf.io.TFRecordWriter(str(root / rel), options=options) as w:
-            for i in range(start, stop):
-                w.write(one(i))
-                if bar is not None and (i & 1023) == 0:
-                    bar.update(min(1024, stop - i))
+        write_records(root / rel, encoder.chunks(start, stop), compression,
+                      on_chunk=None if bar is None else bar.update)
         shards.append({"file": rel, "rows": stop - start})
         start = stop
     if bar is not None:
-        bar.n = n
         bar.close()
     return shards
+
+
+# zlib window bits of TFRecordOptions' two compressions: a gzip stream (header + trailer) or a zlib stream
+_WBITS = {"GZIP": 16 + zlib.MAX_WBITS, "ZLIB": zlib.MAX_WBITS}
+
+
+def write_records(path: Path, chunks: Iterable[tuple[bytes, list[int]]], compression: str,
+                  on_chunk: Callable[[int], Any] | None = None) -> int:
+    """Write a TFRecord file from chunks of records ((buffer, offsets): record i = buffer[offsets[i]:offsets[i+1]]),
+    as `tf.io.TFRecordWriter` with `compression` ("GZIP", "ZLIB" or "") writes it; returns the records written.
+
+    Why not TFRecordWriter(path, GZIP) itself: compressing is most of the cost and it runs in the caller's thread.
+    Here TensorFlow's record writer only frames the records (length, masked crc32c, data, masked crc32c) into its
+    in-memory filesystem, and zlib (the library TFRecordWriter uses, at the same default level and memory level)
+    compresses each chunk in a second thread (it releases the GIL), overlapping the next chunk's encoding.
+    """
+    import tensorflow as tf
+
+    if compression not in ("GZIP", "ZLIB", ""):
+        raise ValueError(f"compression must be GZIP, ZLIB or '' (none), got {compression!r}")
+    compressor = (zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, _WBITS[compression], 9)
+                  if compression else None)
+    scratch = f"ram://tfrec_zoo/{uuid.uuid4().hex}.tfrecord"
+
+    def frame(buf: bytes, offsets: list[int]) -> bytes:
+        with tf.io.TFRecordWriter(scratch) as w:
+            for i in range(len(offsets) - 1):
+                w.write(buf[offsets[i]:offsets[i + 1]])
+        with tf.io.gfile.GFile(scratch, "rb") as f:
+            framed = f.read()
+        tf.io.gfile.remove(scratch)   # a ram:// file is not truncated when it is opened for writing again
+        return framed
+
+    def put(out, framed: bytes, rows: int) -> None:
+        out.write(compressor.compress(framed) if compressor is not None else framed)
+        if on_chunk is not None:
+            on_chunk(rows)
+
+    total = 0
+    try:
+        with open(path, "wb") as out, ThreadPoolExecutor(1, thread_name_prefix="tfrecord-compress") as pool:
+            pending: Future | None = None
+            for buf, offsets in chunks:
+                framed = frame(buf, offsets)
+                if pending is not None:   # at most one chunk waits to be compressed: memory stays bounded
+                    pending.result()
+                pending = pool.submit(put, out, framed, len(offsets) - 1)
+                total += len(offsets) - 1
+            if pending is not None:
+                pending.result()
+            if compressor is not None:
+                out.write(compressor.flush())
+    finally:
+        if tf.io.gfile.exists(scratch):
+            tf.io.gfile.remove(scratch)
+    return total
 
 
 def _progress(total: int, desc: str, enabled: bool):

@@ -19,18 +19,6 @@ from ..features.spec import (
     VectorFeature, _Categorical,
 )
 
-# `tensorflow` is imported lazily: building examples only needs the protobuf classes.
-_pb = None
-
-
-def _example_pb():
-    global _pb
-    if _pb is None:
-        from tensorflow.core.example import example_pb2, feature_pb2
-        _pb = (example_pb2, feature_pb2)
-    return _pb
-
-
 # columns a reader adds to say where each row came from: the file's line (CSV / TSV, header = line 1) or row
 # (Parquet, from 1); errors name it instead of the row's position inside a sorted split
 SOURCE_LINE, SOURCE_ROW = "__line__", "__row__"

@@ -340,6 +340,8 @@ def test_a_truncated_manifest_is_named(tmp_path: Path, capsys):
     exp.write_text(f"name: e\ndataset: {ds}\nmodel: deepfm\n")
     assert main(["train", str(exp), "--run-dir", str(tmp_path / "run")]) == 2
     assert f"error: {mf}: not valid JSON" in capsys.readouterr().err
+    assert main(["data", "check", str(ds)]) == 1                       # data check names it too
+    assert f"{mf}: not valid JSON" in capsys.readouterr().out
     mf.write_text(json.dumps({"splits": []}))
     with pytest.raises(ValueError, match="not a tfrec_zoo manifest"):
         open_dataset(ds)

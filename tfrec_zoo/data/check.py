@@ -1,7 +1,6 @@
 """`tfrec-zoo data check DIR`: scan every record of a dataset against its spec and list every problem."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from ..features.spec import (
     DenseFeature, FeatureSpec, LabelFeature, MultiHotFeature, SequenceFeature, TextFeature, VectorFeature,
     _Categorical, load_spec,
 )
+from .reader import read_manifest
 from .writer import MANIFEST
 
 
@@ -256,7 +256,10 @@ def check_dataset(path: str | Path, max_problems: int = 1000) -> tuple[int, list
     mf = path / MANIFEST
     if not mf.exists():
         return 0, [Problem(str(path), None, None, f"no {MANIFEST}: not a tfrec_zoo dataset or an interrupted build")]
-    manifest = json.loads(mf.read_text())
+    try:
+        manifest = read_manifest(path)
+    except ValueError as e:  # damaged or cut short: the message names the file and how to rebuild
+        return 0, [Problem(str(mf), None, None, str(e).split(": ", 1)[1])]
     spec = load_spec(path / "spec.yaml")
     problems: list[Problem] = []
     if spec.fingerprint != manifest.get("spec_fingerprint"):

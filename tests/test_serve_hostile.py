@@ -249,3 +249,31 @@ def test_batching_parameters_file(tmp_path):
         BatchingParameters.from_file(f)
     with pytest.raises(ValueError, match="max_batch_size"):
         BatchingParameters(max_batch_size=0)
+
+
+def test_requests_over_the_in_flight_limit_get_503_at_once(base):
+    """One request held in a batch (a 3 s window) fills `max_in_flight=1`: the next is refused now, not queued."""
+    from tfrec_zoo.serving.registry import ModelRegistry
+    from tfrec_zoo.serving.rest import RestServer
+
+    sched = BatchScheduler(BatchingParameters(max_batch_size=64, batch_timeout_micros=3_000_000, num_batch_threads=1))
+    registry = ModelRegistry(base, scheduler=sched, enable_warmup=False)
+    registry.poll()
+    rest_server = RestServer(registry, "127.0.0.1", 0, max_in_flight=1, body_timeout=1.0)
+    rest_server.start()
+    body = {"instances": [{"b64": base64.b64encode(EXAMPLES[0]).decode()}]}
+    try:
+        with futures.ThreadPoolExecutor(1) as pool:
+            held = pool.submit(rest, rest_server.port, "POST", "/v1/models/toy:predict", body)
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            status, answer = rest(rest_server.port, "POST", "/v1/models/toy:predict", body)
+            assert status == 503 and "in flight" in answer["error"] and time.monotonic() - t0 < 1.0, answer
+            assert held.result(TIMEOUT)[0] == 200
+        # a body that never arrives: 408 after body_timeout, the connection is not held forever
+        status, body = raw_http(rest_server.port, b"POST /v1/models/toy:predict HTTP/1.1\r\nHost: x\r\n"
+                                                  b"Content-Length: 100\r\n\r\n{\"instances\"")
+        assert status == 408 and b"did not arrive" in body
+    finally:
+        rest_server.stop()
+        sched.stop()

@@ -250,7 +250,9 @@ class RestServer:
             raise OSError(f"REST: cannot bind {host}:{port}: {e}") from e
 
     async def _start(self, app: web.Application, port: int, backlog: int) -> int:
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=60)
+        # shutdown_timeout: stop() lets in-flight requests finish for this long (aiohttp's default is 60 s)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=60,
+                                     shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, port, backlog=backlog, reuse_address=True)
         try:
@@ -291,11 +293,17 @@ class RestServer:
         self._thread = threading.Thread(target=self._loop.run_forever, name="model-server-rest", daemon=True)
         self._thread.start()
 
+    async def _shutdown(self) -> None:
+        await self._runner.cleanup()  # closes the listener, then lets in-flight requests finish (shutdown_timeout)
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in rest:  # idle keep-alive connections
+            t.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
+
     def stop(self, grace: float = 2.0) -> None:
         if self._runner is not None and self._thread is not None:
             try:
-                asyncio.run_coroutine_threadsafe(self._runner.shutdown(), self._loop).result(grace + 5)
-                asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(grace + 5)
+                asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(grace + 10)
             except Exception:  # stopping must finish: a hung connection is dropped with the loop
                 log.debug("REST shutdown", exc_info=True)
             self._loop.call_soon_threadsafe(self._loop.stop)

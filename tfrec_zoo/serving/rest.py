@@ -233,7 +233,7 @@ class RestServer:
     off, nothing is reset). A malformed request line or header (`Content-Length: abc`) is aiohttp's 400."""
 
     def __init__(self, registry: ModelRegistry, host: str, port: int, *, max_request_bytes: int = 64 << 20,
-                 workers: int = 64, max_in_flight: int = 1024, body_timeout: float = 30.0, backlog: int = 1024):
+                 workers: int = 16, max_in_flight: int = 1024, body_timeout: float = 30.0, backlog: int = 1024):
         self.registry, self.host, self.max_request_bytes = registry, host, max_request_bytes
         self.max_in_flight, self.body_timeout = max_in_flight, body_timeout
         self._pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="rest")

@@ -45,6 +45,9 @@ from .rest import RestServer
 log = logging.getLogger(__name__)
 DEFAULT_MAX_BATCH = 1024              # rows in one request (TF Serving's batching default is 1000)
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20  # one request's bytes, gRPC and REST
+# request threads per API: measured at 64 clients with batching (README), 16 kept the throughput of 64 threads and
+# cut p99 from 209 to 76 ms (fewer threads contend less for the GIL); requests beyond them wait in the queue
+DEFAULT_WORKERS = 16
 
 
 class ModelServer:
@@ -54,7 +57,7 @@ class ModelServer:
     def __init__(self, source: str | Path, *, grpc_port: int | None = 8500, rest_port: int | None = 8501,
                  host: str = "127.0.0.1", poll_seconds: float = 2.0, max_batch_size: int | None = DEFAULT_MAX_BATCH,
                  enable_warmup: bool = True, batching: BatchingParameters | None = None,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, workers: int = 64,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, workers: int = DEFAULT_WORKERS,
                  max_in_flight: int = 1024):
         """`batching`: server-side batching with these parameters (None: off, as TF Serving without
         --enable_batching); its max_batch_size is then the request limit too. `workers` threads per API run
@@ -188,7 +191,8 @@ def build_parser(prog: str = "tfrec-zoo serve") -> argparse.ArgumentParser:
                    help=f"refuse larger request messages / bodies (default {DEFAULT_MAX_REQUEST_BYTES})")
     p.add_argument("--max-in-flight", type=int, default=1024,
                    help="requests at a time per API; more are refused at once (default 1024)")
-    p.add_argument("--workers", type=int, default=64, help="threads per API that run requests (default 64)")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                   help=f"threads per API that decode and run requests (default {DEFAULT_WORKERS})")
     p.add_argument("--no-warmup", action="store_true", help="skip assets.extra/tf_serving_warmup_requests")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="DEBUG logs one line per request")

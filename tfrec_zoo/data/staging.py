@@ -32,7 +32,8 @@ def _pattern(target: Path) -> re.Pattern:
     return re.compile(rf"^\.{re.escape(target.name)}\.(?:{'|'.join(_KINDS)})-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+$")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (a killed writer's temporary directory may then be removed)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -51,7 +52,7 @@ def stale_dirs(target: str | Path) -> list[Path]:
     out = []
     for p in target.parent.iterdir():
         m = pattern.match(p.name)
-        if m and p.is_dir() and m["host"] == host and not _alive(int(m["pid"])):
+        if m and p.is_dir() and m["host"] == host and not pid_alive(int(m["pid"])):
             out.append(p)
     return sorted(out)
 

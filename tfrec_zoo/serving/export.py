@@ -32,6 +32,7 @@ from typing import Callable, Mapping, Sequence
 
 from .._tf import tf
 from ..data.reader import parse_features, parse_ranking_request
+from ..data.staging import pid_alive
 from ..features.spec import FeatureSpec
 
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -198,22 +199,12 @@ class StagedVersion:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
 def remove_stale_staging(model_dir: Path) -> list[Path]:
     """Staging directories (`.tmp-<version>-<pid>`) whose exporter is gone: killed mid-export, never published."""
     removed = []
     for p in model_dir.glob(".tmp-*"):
         m = re.fullmatch(r"\.tmp-[0-9]+-([0-9]+)", p.name)
-        if m and p.is_dir() and not _alive(int(m.group(1))):
+        if m and p.is_dir() and not pid_alive(int(m.group(1))):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed

@@ -1,7 +1,10 @@
 """Reusable tf_keras layers (serialisable under the `tfrec_zoo` package name)."""
 from .attention import TargetAttention
 from .feature_layers import DenseTransform, FrozenTable, LengthMask, MaskedPooling, PoolSteps, ValidSteps
+from .divergence import DomainDivergence, js_penalty, mmd_penalty
 from .interaction import FMInteraction, MixtureOfExperts
+from .multidomain import PLE, AspectGatingFusion, DomainLinearMaps, STARTopology
 
-__all__ = ["DenseTransform", "FMInteraction", "FrozenTable", "PoolSteps", "LengthMask", "MaskedPooling", "MixtureOfExperts", "TargetAttention",
-           "ValidSteps"]
+__all__ = ["AspectGatingFusion", "DenseTransform", "DomainDivergence", "DomainLinearMaps", "FMInteraction", "FrozenTable",
+           "LengthMask", "MaskedPooling", "MixtureOfExperts", "PLE", "PoolSteps", "STARTopology", "TargetAttention",
+           "ValidSteps", "js_penalty", "mmd_penalty"]

@@ -2,8 +2,8 @@
 
 The S&R foundation model (Gong et al., CIKM 2023) aligns the domains' representations in one shared space with a
 Jensen-Shannon or an MMD regulariser; the paper's estimators were not readable, so both here are [inferred]
-(see seeds/papers/sr_foundation.md, "Formulas chosen"). Both return a scalar: the mean over the unordered pairs of domains
-that are present in the batch (at least one row each). A batch with fewer than two domains present gives exactly 0,
+(see seeds/papers/sr_foundation.md, "Formulas chosen"). Both return a scalar: the mean over the unordered pairs
+of domains that are present in the batch (at least one row each). A batch with fewer than two domains present gives exactly 0,
 and no NaN reaches the value or the gradient (absent domains are masked, divisions are `divide_no_nan`).
 """
 from __future__ import annotations

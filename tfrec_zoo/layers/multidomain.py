@@ -1,7 +1,8 @@
 """Multi-domain layers: S&R's Aspect Gating Fusion and domain linear maps, PLE and STAR for the baselines.
 
 The S&R foundation model's equations were not readable (docs/papers.md section 2); the formulas below follow the
-digest's reconstruction and are marked [inferred] where the paper does not say (seeds/papers/sr_foundation.md, "Formulas chosen").
+digest's reconstruction and are marked [inferred] where the paper does not say (seeds/papers/sr_foundation.md,
+"Formulas chosen").
 Domain indices are int [B] (or [B, 1]) in [0, num_domains); out-of-range ids fail with one clear message.
 """
 from __future__ import annotations

@@ -145,3 +145,32 @@ def pooled_sequences(spec: FeatureSpec, emb: FeatureEmbeddings, inputs: dict, ex
             if sf.kind == "id":
                 out.append(at_level(MaskedPooling("mean", name=f"mean_{sf.name}"), 1)([fields[sf.name], mask]))
     return out
+
+
+def domain_feature(spec: FeatureSpec, model: str, name: str | None = None, why: str = ""):
+    """The spec's `domain` feature (`name`, or the only one); a clear error naming the spec file when there is none
+    (or several and no `name`). `why` says what needs it (e.g. "params.gating=domain")."""
+    found = spec.of_kind("domain")
+    need = f"{model}{' (' + why + ')' if why else ''}"
+    if name:
+        match = [f for f in found if f.name == name]
+        if not match:
+            raise ValueError(f"{spec.source}: {need} needs the domain feature {name!r}, which this spec does not "
+                             f"have (its domain features: {[f.name for f in found] or 'none'}); declare it with "
+                             "`kind: domain` or name another one")
+        return match[0]
+    if not found:
+        raise ValueError(f"{spec.source}: {need} needs a feature of `kind: domain` (the scenario each example comes "
+                         "from); add one to the spec or use a single-domain model")
+    if len(found) > 1:
+        raise ValueError(f"{spec.source}: {need}: the spec has several domain features "
+                         f"({[f.name for f in found]}); name one with the model's `domain` param")
+    return found[0]
+
+
+def domain_rows(spec: FeatureSpec, emb: FeatureEmbeddings, inputs: dict, feature) -> tuple[Any, int]:
+    """(int [B] row index of each example's domain, number of rows). Row 0.. are the OOV buckets (a domain value the
+    vocabulary has never seen), then the vocabulary in order: per-domain weights are indexed by these rows, so an
+    unknown domain in a request lands on an OOV row instead of failing."""
+    index = emb.index(feature.name, inputs)
+    return index, emb.artifacts.vocab_size(spec, spec.table_of(feature.name))

@@ -8,7 +8,21 @@ from tfrec_zoo.data import DatasetDir, open_dataset
 from tfrec_zoo.data.reader import damaged_shards, read_failure
 from tfrec_zoo.paths import default_data_dir
 
-from .experiment import Experiment
+from .experiment import Experiment, ExperimentError
+
+
+def experiment_data(exp: Experiment, log=print) -> DatasetDir:
+    """The experiment's dataset, or the subset its `rows:` selects (written into data/subsets/ on first use)."""
+    data = resolve_dataset(exp.dataset, log)
+    if not exp.rows:
+        return data
+    from tfrec_zoo.data.subset import RowSelection, select_rows
+
+    try:
+        return select_rows(data, RowSelection.parse(exp.rows), default_data_dir() / "subsets", log=log)
+    except ValueError as e:                 # "rows.keep.domain: problem": the key, then what is wrong
+        path, _, problem = str(e).partition(": ")
+        raise ExperimentError(exp.source, path, problem) from None
 
 
 def resolve_dataset(name_or_path: str, log=print) -> DatasetDir:

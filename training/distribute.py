@@ -174,9 +174,9 @@ def launch_local(exp, run_dir: str | Path, *, workers: int = 2, strategy: str = 
             exp_path = Path(exp).resolve()
             exp = load_experiment(exp_path, overrides)
             child_overrides = list(overrides or [])
-        from .datasets import resolve_dataset
+        from .datasets import experiment_data
 
-        resolve_dataset(exp.dataset, log)  # a named dataset is built once here, not by every process at once
+        experiment_data(exp, log)  # a named dataset (or subset) is built once here, not by every process at once
         start = time.monotonic()  # the timeout bounds the processes
         base_env = {**os.environ, **(env or {})}
         base_env.setdefault("TF_USE_LEGACY_KERAS", "1")

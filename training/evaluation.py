@@ -95,14 +95,38 @@ def evaluate_split(model, dataset, spec: FeatureSpec, max_batches: int | None = 
         values = data.get(f"key/{f.name}")
         if values is None:
             continue
-        result.setdefault("by_domain", {})[f.name] = {
-            (v.decode() if isinstance(v, bytes) else str(v)): task_metrics(spec, data, values == v, tasks)
-            for v in np.unique(values)}
+        per_value = {(v.decode() if isinstance(v, bytes) else str(v)): task_metrics(spec, data, values == v, tasks)
+                     for v in np.unique(values)}
+        result.setdefault("by_domain", {})[f.name] = per_value
+        result.setdefault("domain_mean", {})[f.name] = domain_mean(per_value)
     return result
 
 
+DOMAIN_MEAN_METRICS = ("auc", "gauc", "logloss", "rmse", "accuracy")
+
+
+def domain_mean(per_value: dict[str, dict]) -> dict[str, dict]:
+    """{task: {metric: unweighted mean over the domains, "domains": how many}}: every domain counts once however
+    many rows it has (a small domain weighs as much as a big one). A domain whose metric is undefined (no rows, one
+    class only) is left out of that metric's mean, and `domains` says how many entered."""
+    out: dict[str, dict] = {}
+    tasks = {t for metrics in per_value.values() for t in metrics}
+    for task in sorted(tasks):
+        entry: dict[str, Any] = {}
+        for name in DOMAIN_MEAN_METRICS:
+            vals = [m[task][name] for m in per_value.values() if task in m and isinstance(m[task].get(name), float)
+                    and np.isfinite(m[task][name])]
+            if vals:
+                entry[name] = float(np.mean(vals))
+                entry[f"{name}_domains"] = len(vals)
+        if entry:
+            out[task] = entry
+    return out
+
+
 def format_table(results: dict[str, dict]) -> str:
-    """A markdown table: split x task x metric."""
+    """A markdown table: split x task x metric; then, for a spec with a domain feature, split x domain x task with
+    AUC / GAUC (or the task type's metrics) per domain and their unweighted mean."""
     lines = ["| split | task | metric | value |", "|---|---|---|---|"]
     for split, res in results.items():
         for task, metrics in res["overall"].items():
@@ -111,7 +135,22 @@ def format_table(results: dict[str, dict]) -> str:
                     continue
                 lines.append(f"| {split} | {task} | {name} | {value:.4f} |" if isinstance(value, float)
                              else f"| {split} | {task} | {name} | {value} |")
-    return "\n".join(lines)
+    domain_lines = _domain_table(results)
+    return "\n".join(lines + ([""] + domain_lines if domain_lines else []))
+
+
+def _domain_table(results: dict[str, dict]) -> list[str]:
+    rows = []
+    for split, res in results.items():
+        for feature, per_value in (res.get("by_domain") or {}).items():
+            means = (res.get("domain_mean") or {}).get(feature, {})
+            for value, tasks in [*per_value.items(), ("mean over domains", means)]:
+                for task, m in tasks.items():
+                    shown = [n for n in DOMAIN_MEAN_METRICS if n in m][:2]
+                    cells = ", ".join(f"{n} {m[n]:.4f}" for n in shown) or "-"
+                    count = m.get("count", f"{m.get(shown[0] + '_domains', 0)} domains" if shown else "")
+                    rows.append(f"| {split} | {feature}={value} | {task} | {count} | {cells} |")
+    return ["| split | domain | task | rows | metrics |", "|---|---|---|---|---|", *rows] if rows else []
 
 
 def trained_tasks(model) -> list[str]:

@@ -15,6 +15,9 @@
     restore: {checkpoint: RUN_DIR_OR_CKPT, include: ['^emb_'], freeze: ['^emb_']}
     tune: {algorithm: random, max_trials: 4, objective: val_like_auc, space: {...}}
     domain_loss_weights: {scene: {search: 1.0, rec: 0.3}}   # multi-domain: scale each domain's loss
+    rows: {drop: {domain: [0]}}       # train and evaluate on a subset of the dataset's rows (tfrec_zoo/data/subset.py):
+        # keep / drop {column: [ids]}, share {split: fraction} (e.g. {keep: {domain: [0]}, share: {train: 0.1}}: a
+        # cold-start domain's 10%), seed; written once beside the datasets (data/subsets/)
     pretrain: {model: seminar_psu, epochs: 1, params: {...}, include: ['^emb_'], freeze: [...]}
         # pretrain -> fine-tune in one run: the pretraining model is trained first into RUN_DIR/pretrain (same
         # dataset unless `dataset:` is given; params default to the fine-tuning params), then restored by name
@@ -24,8 +27,9 @@
       - {name: psu, model: seminar_psu, epochs: 1, params: {...}, losses: {align: 0.1}}
       - {name: warm, model: din, dataset: other-domain, restore: {from: psu, include: ['^emb_']}, evaluate: true}
     restore: {from: warm, include: ['^emb_'], freeze_level: 1}   # the final model restores an earlier stage
-        # each stage: name, model, and optionally dataset / params / losses / tasks / epochs / optimizer /
-        # batch_size / steps_per_epoch / restore ({from: EARLIER_STAGE, ...}) / evaluate (default false). A stage
+        # each stage: name, model, and optionally dataset / rows / params / losses / tasks / epochs / optimizer /
+        # batch_size / steps_per_epoch / restore ({from: EARLIER_STAGE, ...}) / evaluate (default false). A stage's
+        # `rows` is its own (not the final model's: pretraining drops the rows fine-tuning keeps). A stage
         # is a run of its own: killed, it resumes; finished, it is not trained again.
 """
 from __future__ import annotations
@@ -68,6 +72,7 @@ class Experiment:
     restore: dict | None = None
     tune: dict | None = None
     domain_loss_weights: dict | None = None
+    rows: dict | None = None
     pretrain: dict | None = None
     stages: list | None = None
     source: str = "<memory>"
@@ -79,7 +84,7 @@ class Experiment:
 _TYPES = {"name": str, "dataset": str, "model": str, "params": dict, "tasks": dict, "losses": dict, "optimizer": dict,
           "batch_size": int, "epochs": int, "steps_per_epoch": (int, type(None)), "shuffle_buffer": int, "seed": int,
           "strategy": str, "early_stopping": (dict, type(None)), "evaluation": dict, "restore": (dict, type(None)),
-          "tune": (dict, type(None)), "domain_loss_weights": (dict, type(None)),
+          "tune": (dict, type(None)), "domain_loss_weights": (dict, type(None)), "rows": (dict, type(None)),
           "pretrain": (dict, type(None)), "stages": (list, type(None))}
 _REQUIRED = ("name", "dataset", "model")
 _SUBKEYS = {"optimizer": {"name", "learning_rate", "clipnorm"},
@@ -164,6 +169,8 @@ def parse_experiment(raw: Any, source: str = "<memory>", overrides: list[str] | 
     for feat, table in (exp.domain_loss_weights or {}).items():
         if not isinstance(table, dict) or not all(isinstance(w, (int, float)) and w >= 0 for w in table.values()):
             fail(f"domain_loss_weights.{feat}", f"expected {{domain value: non-negative weight}}, got {table!r}")
+    if exp.rows is not None:
+        _check_rows(exp.rows, "rows", fail)
     if exp.early_stopping and "monitor" not in exp.early_stopping:
         fail("early_stopping.monitor", "is required", "name a metric, e.g. val_like_auc")
     from tfrec_zoo.models import model_config
@@ -191,11 +198,21 @@ def parse_experiment(raw: Any, source: str = "<memory>", overrides: list[str] | 
     return exp
 
 
-STAGE_KEYS = {"name", "model", "dataset", "params", "losses", "tasks", "epochs", "optimizer", "batch_size",
+STAGE_KEYS = {"name", "model", "dataset", "rows", "params", "losses", "tasks", "epochs", "optimizer", "batch_size",
               "steps_per_epoch", "restore", "evaluate"}
 # run-directory entries a stage directory must not take
 _RESERVED = {"backup", "checkpoints", "logs", "model", "early_stopping", "config.yaml", "metrics.json", "summary.md",
              "history.csv", "restore.json", "DONE"}
+
+
+def _check_rows(rows, where: str, fail) -> None:
+    from tfrec_zoo.data.subset import RowSelection
+
+    try:
+        RowSelection.parse(rows, where)
+    except ValueError as e:
+        path, _, problem = str(e).partition(": ")
+        fail(path, problem)
 
 
 def _check_restore(restore: dict, where: str, earlier: list[str], fail) -> None:
@@ -230,6 +247,8 @@ def _check_stages(exp: Experiment, fail) -> None:
                 fail(f"{where}.{key}", f"expected {typ.__name__}, got {st[key]!r}")
         if "restore" in st:
             _check_restore(st["restore"], f"{where}.restore", names, fail)
+        if "rows" in st:
+            _check_rows(st["rows"], f"{where}.rows", fail)
         try:
             model_config(st["model"], st.get("params", {}), source=f"{where}.params")
         except (ValueError, TypeError) as e:
@@ -244,6 +263,7 @@ def stage_experiment(exp: Experiment, stage: dict, run_dir) -> Experiment:
     if restore and "from" in restore:
         restore["checkpoint"] = str(Path(run_dir) / restore.pop("from"))
     return Experiment(name=f"{exp.name}-{stage['name']}", dataset=stage.get("dataset", exp.dataset),
+                      rows=stage.get("rows"),
                       model=stage["model"], params=dict(stage.get("params", {})), tasks=dict(stage.get("tasks", {})),
                       losses=dict(stage.get("losses", {})), optimizer=stage.get("optimizer", exp.optimizer),
                       batch_size=int(stage.get("batch_size", exp.batch_size)), epochs=int(stage.get("epochs", 1)),

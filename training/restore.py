@@ -25,15 +25,18 @@ class RestoreReport:
     remapped: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     frozen: list[str] = field(default_factory=list)
+    filled: dict[str, list] = field(default_factory=dict)    # the model's `fill_unseen_rows()` after restoring
 
     def summary(self) -> str:
         lines = [f"restored {len(self.restored)} variables, skipped {len(self.skipped)}, froze {len(self.frozen)} layers"]
+        lines += [f"  {what}: {', '.join(map(str, rows))}" for what, rows in self.filled.items()]
         lines += [f"  remapped {k}: {v}" for k, v in self.remapped.items()]
         lines += [f"  skipped {k}: {v}" for k, v in sorted(self.skipped.items())]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"restored": self.restored, "remapped": self.remapped, "skipped": self.skipped, "frozen": self.frozen}
+        return {"restored": self.restored, "remapped": self.remapped, "skipped": self.skipped, "frozen": self.frozen,
+                "filled": self.filled}
 
 
 def _matches(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:

@@ -30,7 +30,7 @@ import yaml
 from tfrec_zoo._tf import keras, tf
 from tfrec_zoo.data import DatasetDir
 
-from .datasets import resolve_dataset, train_dataset, with_domain_weights  # noqa: F401  (their old home)
+from .datasets import experiment_data, resolve_dataset, train_dataset, with_domain_weights  # noqa: F401  (their old home)
 from .evaluation import evaluate_run_model
 from .experiment import Experiment
 from .fit import ModelBuildError, build, compile_model, early_stopping_callbacks, fit, make_optimizer  # noqa: F401
@@ -60,7 +60,7 @@ def train(exp: Experiment, run_dir: str | Path, *, strategy=None, verbose: int =
                               "nothing is restored (no `pretrain:` or `restore:`): they would stay at their initial "
                               "values; set them false")
     # the dataset first: a wrong `dataset:` fails before a run directory is created
-    data = resolve_dataset(exp.dataset, log)
+    data = experiment_data(exp, log)
     config = run_dir / "config.yaml"
     if is_finished(run_dir):
         if yaml.safe_load(config.read_text()) != exp.to_dict():
@@ -99,6 +99,8 @@ def _restore(exp: Experiment, model, data: DatasetDir, log) -> RestoreReport | N
     report = copy_variables(source_model, model, source=(src_data.spec, src_data.artifacts),
                             target=(data.spec, data.artifacts), include=cfg.get("include", ()),
                             exclude=cfg.get("exclude", ()))
+    # before freezing: a row the pretraining never reached (a new domain) starts from the trained ones
+    report.filled = model.fill_unseen_rows()
     try:
         report.frozen = freeze(model, cfg.get("freeze", ()), cfg.get("freeze_level"))
     except ValueError as e:                  # a freeze pattern that names no layer: nothing was trained yet
@@ -149,6 +151,10 @@ def _train(exp: Experiment, run_dir: Path, data: DatasetDir, *, strategy, verbos
     start = time.perf_counter()
     history = fit(model, exp, data, callbacks=cbs, strategy=strategy, verbose=verbose, log=log)
     seconds = time.perf_counter() - start
+    # rows training never reached (the OOV row an unknown domain lands on) get the model's fallback before saving
+    filled = model.fill_unseen_rows()
+    if filled:
+        log("; ".join(f"{what}: {', '.join(map(str, rows))}" for what, rows in filled.items()))
     if chief:
         atomic_save(model, run_dir / "model")
     else:

@@ -31,7 +31,7 @@ from keras_tuner.src.tuners import bayesian as kt_bayesian  # noqa: E402  (None 
 
 from tfrec_zoo._tf import keras  # noqa: E402
 
-from .datasets import resolve_dataset  # noqa: E402
+from .datasets import experiment_data  # noqa: E402
 from .experiment import _SUBKEYS, Experiment, ExperimentError, _set, load_experiment, parse_experiment  # noqa: E402
 from .fit import check_monitor, compile_model, fit  # noqa: E402
 
@@ -190,7 +190,7 @@ class ExperimentTuner(kt.engine.base_tuner.BaseTuner):
     @property
     def data(self):
         if self._data is None:  # lazily: the distributed chief never trains, so it never opens the dataset
-            self._data = resolve_dataset(self.exp.dataset, self.log)
+            self._data = experiment_data(self.exp, self.log)
         return self._data
 
     def trial_experiment(self, values: dict) -> Experiment:
@@ -329,7 +329,7 @@ def load_trial_model(out_dir: str | Path, trial_id: str | None = None):
     if not rows:
         raise KeyError(f"{out_dir}: no trial {trial_id or report['best']!r} in trials.json")
     exp = apply_values(load_experiment(out_dir / "experiment.yaml"), rows[0]["values"])
-    return _restore_model(exp, resolve_dataset(exp.dataset, lambda *_: None), out_dir / f"trial_{rows[0]['trial_id']}")
+    return _restore_model(exp, experiment_data(exp, lambda *_: None), out_dir / f"trial_{rows[0]['trial_id']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -288,4 +288,74 @@ class STARTopology(keras.layers.Layer):
                 "norm_momentum": self.norm_momentum, "epsilon": self.epsilon}
 
 
-__all__ = ["AspectGatingFusion", "DomainLinearMaps", "PLE", "STARTopology", "GATINGS"]
+@keras.utils.register_keras_serializable(package="tfrec_zoo")
+class DomainRowCounter(keras.layers.Layer):
+    """Counts the training examples of each domain row (a non-trainable [num_rows] int64 variable) and returns the
+    rows unchanged. What a model trained on, read back after a restore: a row still at 0 is a domain no training
+    example reached (the cold-start domain left out of pretraining, the OOV row an unknown domain lands on), whose
+    weights are then set from the trained rows (`seen()`). Only calls with training=True count; the variable sums
+    over replicas (ON_READ, SUM), as Keras metrics do."""
+
+    def __init__(self, num_rows: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_rows = int(num_rows)
+
+    def build(self, input_shape):
+        self.counts = self.add_weight("counts", [self.num_rows], dtype=tf.int64, initializer="zeros",
+                                      trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
+                                      aggregation=tf.VariableAggregation.SUM)
+        super().build(input_shape)
+
+    def call(self, rows, training=None):
+        def count():
+            flat = tf.reshape(tf.cast(rows, tf.int32), [-1])
+            add = tf.math.bincount(flat, minlength=self.num_rows, maxlength=self.num_rows, dtype=tf.int64)
+            with tf.control_dependencies([self.counts.assign_add(add)]):
+                return tf.identity(rows)
+        return tf.__internal__.smart_cond.smart_cond(training if training is not None else False, count,
+                                                     lambda: tf.identity(rows))
+
+    def seen(self):
+        """bool numpy [num_rows]: rows some training example has reached."""
+        return self.counts.numpy() > 0
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "num_rows": self.num_rows}
+
+
+@keras.utils.register_keras_serializable(package="tfrec_zoo")
+class RandomTextVectors(keras.layers.Layer):
+    """The "random text" ablation: each distinct text vector is replaced by a fixed random unit vector of the same
+    width (its float bits hashed into a frozen table of `table_rows` random rows; the zero vector of an empty text
+    stays zero). Equal texts still share a vector, as an id would, but what the encoder knew about the words is
+    gone: an ablation of the LLM's knowledge that keeps the model's shape. The table is drawn from `seed`."""
+
+    def __init__(self, table_rows: int = 1 << 16, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.table_rows, self.seed = int(table_rows), int(seed)
+
+    def build(self, input_shape):
+        d = int(input_shape[-1])
+        table = tf.random.stateless_normal([self.table_rows, d], seed=[self.seed, 7])
+        self.table = self.add_weight("table", [self.table_rows, d], trainable=False,
+                                     initializer=keras.initializers.Constant(tf.math.l2_normalize(table, -1).numpy()))
+        mult = tf.random.stateless_uniform([d], seed=[self.seed, 11], minval=1, maxval=(1 << 31) - 1, dtype=tf.int64)
+        self.multipliers = mult * 2 + 1                         # odd: every bit of a float moves the hash
+        super().build(input_shape)
+
+    def call(self, x):
+        bits = tf.cast(tf.bitcast(tf.cast(x, tf.float32), tf.int32), tf.int64)
+        h = tf.reduce_sum(bits * self.multipliers, axis=-1)
+        rows = tf.math.floormod(h ^ (h >> 29), self.table_rows)
+        present = tf.cast(tf.reduce_any(tf.not_equal(x, 0.0), axis=-1, keepdims=True), x.dtype)
+        return tf.cast(tf.gather(self.table, rows), x.dtype) * present
+
+    def get_config(self):
+        return {**super().get_config(), "table_rows": self.table_rows, "seed": self.seed}
+
+
+__all__ = ["AspectGatingFusion", "DomainLinearMaps", "DomainRowCounter", "PLE", "RandomTextVectors", "STARTopology",
+           "GATINGS"]

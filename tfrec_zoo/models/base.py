@@ -12,6 +12,9 @@ auxiliary losses) and declares
     score_model(task)          a model whose output orders candidates (the task's logit: sigmoids saturate)
     ignored_features           spec inputs the model does not read (said when it is built, and in summary.md)
     loss_names                 every loss it logs: `<task>_loss` per task and `<name>_loss` per auxiliary loss
+    fill_unseen_rows()         sets weights no training example reached (a domain first seen at fine-tuning, the
+                               OOV row of an unknown domain) from trained ones; the platform calls it after a
+                               restore and after training, and logs what it returns
 
 Loss weights come from the spec (`loss_weight` of a label), the model's defaults for its auxiliary losses, then the
 experiment (`tasks: {like: {loss_weight: w}}`, `losses: {align: w}`) through `set_loss_weights` before `compile`.
@@ -107,6 +110,11 @@ class ZooModel(tfrs.models.Model):
             logit = self._logits.get(task)
             self._score_models[task] = keras.Model(self.inputs, logit) if logit is not None else None
         return self._score_models[task]
+
+    def fill_unseen_rows(self) -> dict[str, Any]:
+        """Set per-row weights that no training example reached to a defined fallback; {what: [rows]} of what was
+        set ({} when nothing was: most models have no such rows)."""
+        return {}
 
     # -- losses ------------------------------------------------------------------------------------------------------
     def auxiliary_losses(self, features: dict, outputs: dict, training: bool) -> dict[str, Any]:

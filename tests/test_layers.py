@@ -16,16 +16,19 @@ import numpy as np
 import pytest
 
 from tfrec_zoo._tf import keras, tf
-from tfrec_zoo.layers import attention, feature_layers, interaction, lifelong, quantization
+from tfrec_zoo.layers import attention, divergence, feature_layers, interaction, lifelong, multidomain, quantization
 from tfrec_zoo.layers.attention import TargetAttention
 from tfrec_zoo.layers.feature_layers import (DenseTransform, FrozenTable, LengthMask, MaskedPooling, PoolSteps,
                                              ValidSteps)
 from tfrec_zoo.layers.interaction import FMInteraction, MixtureOfExperts
 from tfrec_zoo.layers.lifelong import (GSUScores, ModalityGate, ModalityTables, MultiHeadTargetAttention, NonEmpty,
                                        PairFusion, QueryDropout)
+from tfrec_zoo.layers.divergence import DomainDivergence
+from tfrec_zoo.layers.multidomain import (PLE, AspectGatingFusion, DomainLinearMaps, DomainRowCounter,
+                                          RandomTextVectors, STARTopology)
 from tfrec_zoo.layers.quantization import PQScores, SimHash
 
-LAYER_MODULES = (attention, feature_layers, interaction, lifelong, quantization)
+LAYER_MODULES = (attention, divergence, feature_layers, interaction, lifelong, multidomain, quantization)
 SEED = 123
 
 
@@ -188,7 +191,56 @@ def _simhash():
                 {"num_bits": 16, "seed": 5, "packed": True}, check=check)
 
 
+def _agf(gating: str):
+    def make():
+        rng = _rng(15)
+        aspects = [_f32(rng, 3, 4), _f32(rng, 3, 6), _f32(rng, 3, 4)]
+        gate = [] if gating == "mean" else [_f32(rng, 3, 5)]
+        return Case(AspectGatingFusion(gating, units=4, return_gates=True, name=f"agf_{gating}"), aspects + gate,
+                    {"gating": gating, "units": 4, "return_gates": True})
+    return make
+
+
+_DOMAINS = tf.constant([0, 2, 1, 2])
+
+
+def _domain_linear_maps():
+    return Case(DomainLinearMaps(3, units=5, kernel_initializer="glorot_uniform", name="dlm"),
+                [_f32(_rng(16), 4, 6), _DOMAINS], {"num_domains": 3, "units": 5, "kernel_initializer": "glorot_uniform"})
+
+
+def _ple():
+    return Case(PLE(num_tasks=2, num_levels=2, num_shared_experts=2, expert_units=(6, 4), name="ple"),
+                _f32(_rng(17), 4, 5), {"num_tasks": 2, "num_levels": 2, "num_shared_experts": 2, "expert_units": [6, 4]})
+
+
+def _star():
+    # inference path: per-domain moving statistics (randomised like every float weight) normalise the input
+    return Case(STARTopology(3, units=(6, 4), partitioned_norm=True, name="star"), [_f32(_rng(18), 4, 5), _DOMAINS],
+                {"num_domains": 3, "units": [6, 4], "partitioned_norm": True}, {"training": False})
+
+
+def _domain_divergence():
+    def check(layer, out):          # the penalty went to the layer's losses
+        assert len(layer.losses) == 1 and float(layer.losses[0]) > 0
+    return Case(DomainDivergence(3, kind="mmd", weight=0.5, bandwidth=2.0, name="dd"), [_f32(_rng(19), 4, 5), _DOMAINS],
+                {"num_domains": 3, "kind": "mmd", "weight": 0.5, "bandwidth": 2.0}, check=check)
+
+
+def _domain_row_counter():
+    return Case(DomainRowCounter(3, name="drc"), _DOMAINS, {"num_rows": 3})
+
+
+def _random_text_vectors():
+    return Case(RandomTextVectors(table_rows=64, seed=4, name="rtv"), _f32(_rng(21), 3, 6),
+                {"table_rows": 64, "seed": 4})
+
+
 CASES = {
+    "AspectGatingFusion-mean": _agf("mean"), "AspectGatingFusion-domain": _agf("domain"),
+    "DomainLinearMaps": _domain_linear_maps, "PLE": _ple, "STARTopology": _star,
+    "DomainDivergence": _domain_divergence, "DomainRowCounter": _domain_row_counter,
+    "RandomTextVectors": _random_text_vectors,
     "TargetAttention": _target_attention, "LengthMask": _length_mask, "ValidSteps": _valid_steps,
     "MaskedPooling": _masked_pooling, "DenseTransform": _dense_transform, "FrozenTable": _frozen_table,
     "FrozenTable-int": _frozen_table_int, "PoolSteps": _pool_steps, "FMInteraction": _fm_interaction,

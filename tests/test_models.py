@@ -36,6 +36,13 @@ ART = Artifacts(vocabs={"user_id": list(range(20)), "item_id": list(range(50)), 
                 stats={"price": {"mean": 1.0, "std": 2.0, "min": 0.0, "max": 5.0, "log1p_mean": 0.0, "log1p_std": 1.0}})
 
 
+# multi-domain models need a domain feature: the same toy spec with one (value 3 in toy batches is unknown: OOV)
+MULTI_DOMAIN = {"sr_foundation", "shared_bottom", "ple", "star"}
+SPEC_MD = parse_spec({**SPEC_RAW, "features": [*SPEC_RAW["features"], {"name": "domain", "kind": "domain",
+                                                                        "embedding_dim": 4}]}, "toy-md.yaml")
+ART_MD = Artifacts(vocabs={**ART.vocabs, "domain": [0, 1, 2]}, stats=ART.stats)
+
+
 def toy_batch(n: int = 64, seed: int = 0):
     rng = np.random.default_rng(seed)
     lens = rng.integers(0, 6, n)
@@ -92,10 +99,13 @@ _load_all()
 
 @pytest.mark.parametrize("name", sorted(set(MODELS) - set(LIFELONG_MODELS)))   # lifelong: tests/test_lifelong.py
 def test_model_trains_saves_reloads_and_serves(name: str, tmp_path: Path):
-    model = build_model(name, SPEC, ART, {})
+    spec, art = (SPEC_MD, ART_MD) if name in MULTI_DOMAIN else (SPEC, ART)
+    model = build_model(name, spec, art, {})
     assert isinstance(model, ZooModel)
     model.compile(keras.optimizers.Adam(0.01))           # the model states its own loss
     feats, labels = toy_batch()
+    if name in MULTI_DOMAIN:
+        feats["domain"] = np.random.default_rng(1).integers(0, 4, len(labels["click"]))
     first = model.evaluate(feats, labels, verbose=0, return_dict=True)
     history = model.fit(feats, labels, epochs=15, batch_size=64, verbose=0).history
     after = model.evaluate(feats, labels, verbose=0, return_dict=True)
@@ -103,7 +113,8 @@ def test_model_trains_saves_reloads_and_serves(name: str, tmp_path: Path):
     if name != "two_tower":
         # one loss per task, weighted by the spec (rating: 0.5), metrics named by task whatever the task count
         assert {"loss", "click_loss", "rating_loss", "click_auc", "rating_rmse"} <= set(history)
-        assert after["loss"] == pytest.approx(after["click_loss"] + 0.5 * after["rating_loss"], rel=1e-4)
+        aux = sum(model.loss_weights[a] * after[f"{a}_loss"] for a in model.auxiliary_loss_names)
+        assert after["loss"] == pytest.approx(after["click_loss"] + 0.5 * after["rating_loss"] + aux, rel=1e-4)
     preds = model.predict(feats, verbose=0)
     assert set(preds) == {"click", "rating"} and preds["click"].shape == (64,)
     assert ((preds["click"] >= 0) & (preds["click"] <= 1)).all()
@@ -117,7 +128,7 @@ def test_model_trains_saves_reloads_and_serves(name: str, tmp_path: Path):
     # a run reloads by building the model again and reading the weights (training/runs.py)
     from training.runs import load_weights
 
-    again = build_model(name, SPEC, ART, {})
+    again = build_model(name, spec, art, {})
     load_weights(again, tmp_path / name)
     np.testing.assert_allclose(again.predict(feats, verbose=0)["rating"], preds["rating"], atol=1e-5)
 

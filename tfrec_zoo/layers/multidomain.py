@@ -349,7 +349,7 @@ class RandomTextVectors(keras.layers.Layer):
     def call(self, x):
         bits = tf.cast(tf.bitcast(tf.cast(x, tf.float32), tf.int32), tf.int64)
         h = tf.reduce_sum(bits * self.multipliers, axis=-1)
-        rows = tf.math.floormod(h ^ (h >> 29), self.table_rows)
+        rows = tf.math.floormod(tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 29)), self.table_rows)
         present = tf.cast(tf.reduce_any(tf.not_equal(x, 0.0), axis=-1, keepdims=True), x.dtype)
         return tf.cast(tf.gather(self.table, rows), x.dtype) * present
 

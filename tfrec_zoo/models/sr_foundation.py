@@ -115,11 +115,12 @@ def _entities(spec, cfg: SRFoundationConfig, domain: str) -> dict[str, list[str]
                              f"feature is not an entity's); inputs: {sorted(set(inputs) - {domain})}")
         return list(names)
 
+    def key(role):
+        return [keys[role]] if keys.get(role) in inputs else []
+
     user = given(cfg.user_features, "user_features") if cfg.user_features else (
-        [keys["user"]] * ("user" in keys and keys["user"] in inputs)
-        + [n for n, f in inputs.items() if isinstance(f, SequenceFeature)])
-    query = given(cfg.query_features, "query_features") if cfg.query_features else (
-        [keys["query"]] * ("query" in keys and keys["query"] in inputs))
+        key("user") + [n for n, f in inputs.items() if isinstance(f, SequenceFeature)])
+    query = given(cfg.query_features, "query_features") if cfg.query_features else key("query")
     taken = set(user) | set(query) | {domain}
     item = given(cfg.item_features, "item_features") if cfg.item_features else [
         n for n in inputs if n not in taken]

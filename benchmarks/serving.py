@@ -16,6 +16,12 @@ year, title vector) taken from real rows. Measured side by side in one run, alte
 `rank` request (the test user with the longest history x 200 sampled movie ids) in-process, over gRPC and over
 REST for both, side by side (benchmarks/out/serving_seminar.json).
 
+`--part sr_foundation --sr-run RUN` exports a trained sr_foundation run (e.g. of
+training/experiments/sr_foundation-ml-latest-small-domains.yaml) with `--raw-text` and measures `rank` (precomputed
+text vectors in the request) beside `rank_text` (raw title and query strings, MiniLM in the graph): 1 user (the test
+row with the longest history and a non-empty query) x 200 test rows' movies with their domains, in-process and
+through `tfrec-zoo serve` (gRPC, REST) (benchmarks/out/serving_sr_foundation.json).
+
 `--part retrieval` (or `all`, the default) then runs `benchmarks/serving_retrieval.py` in the same process:
 ScaNN vs brute force over 1M item vectors, recall@100 against exact and queries/s side by side (its options after
 `--`, e.g. `python benchmarks/serving.py --part retrieval -- --n-items 100000`).
@@ -110,7 +116,8 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["ranking", "retrieval", "all", "seminar"], default="all")
+    ap.add_argument("--part", choices=["ranking", "retrieval", "all", "seminar", "sr_foundation"], default="all")
+    ap.add_argument("--sr-run", help="--part sr_foundation: a trained sr_foundation run directory")
     ap.add_argument("--seminar-run", help="--part seminar: a trained seminar run directory; its exact-GSU and "
                                           "PQ-GSU exports answer the same rank requests side by side")
     ap.add_argument("retrieval_args", nargs="*", help="after --: options of benchmarks/serving_retrieval.py")
@@ -122,6 +129,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.part == "seminar":
         return seminar_rank(args)
+    if args.part == "sr_foundation":
+        return sr_foundation_rank(args)
     rc = ranking(args) if args.part in ("ranking", "all") else 0
     if args.part in ("retrieval", "all"):
         sys.path.insert(0, str(Path(__file__).parent))
@@ -213,10 +222,76 @@ def seminar_rank(args) -> int:
     return 0
 
 
-def start_server(base: Path, context: bytes, candidates: list[bytes], models: tuple[str, ...] = ("din_long",)):
-    """Start `tfrec-zoo serve` over `base` in this process on free ports; return (server, {path: request function}):
-    per model name, a gRPC Predict and a REST predict call of the `rank` signature (keys "grpc" / "rest" for one
-    model, "NAME grpc" / "NAME rest" for several)."""
+def sr_foundation_rank(args) -> int:
+    """`rank` (text vectors in the request) and `rank_text` (raw strings, encoder in the graph) of one sr_foundation
+    run, in-process and through `tfrec-zoo serve` (gRPC, REST), alternating rounds."""
+    import pandas as pd
+
+    from training.exporting import export_run
+    from training.trainer import load_run
+
+    if not args.sr_run:
+        raise SystemExit("--part sr_foundation needs --sr-run RUN_DIR (a trained sr_foundation run)")
+    exp, data, _ = load_run(args.sr_run, log=lambda *a: None)
+    base = Path(tempfile.mkdtemp(prefix="tfrec_sr_serving_"))
+    version = export_run(args.sr_run, "sr_foundation", base, warmup=4, parity_rows=32, options={"raw_text": True},
+                         log=lambda *a: None)
+    spec = data.spec
+    raw = get_builder("ml-latest-small-domains").fn(spec, None).splits["test"]
+    with_query = raw[raw["query"] != ""]
+    row = with_query.iloc[[int(np.argmax(with_query["hist_movie_id"].map(len)))]]
+    pool = raw.sample(args.candidates, random_state=0)
+    frames = pd.concat([row, pool], ignore_index=True)
+    vectors = encode_text_features({"test": frames}, spec)["test"]
+    rows = serialize_rows(columns_for_examples(vectors, spec, "bench"), len(frames))
+    texts = [f.name for f in spec.of_kind("text")]
+    item_side = ("movie_id", "genres", "year", "title", "domain")
+
+    def example(i: int, keys, raw_text: bool) -> bytes:
+        ex, out = tf.train.Example.FromString(rows(i)), tf.train.Example()
+        for key in ex.features.feature:
+            if key in keys:
+                out.features.feature[key].CopyFrom(ex.features.feature[key])
+        for key in texts if raw_text else ():
+            if key in out.features.feature:
+                out.features.feature[key].Clear()
+                out.features.feature[key].bytes_list.value.append(str(frames[key].iloc[i]).encode())
+        return out.SerializeToString()
+
+    context_keys = tuple(k for k in tf.train.Example.FromString(rows(0)).features.feature if k not in item_side)
+    requests = {sig: (example(0, context_keys, sig == "rank_text"),
+                      [example(i, item_side, sig == "rank_text") for i in range(1, len(frames))])
+                for sig in ("rank", "rank_text")}
+    loaded = tf.saved_model.load(str(version))
+    calls = {}
+    for sig, (ctx, cands) in requests.items():
+        fn, c, k = loaded.signatures[sig], tf.constant(ctx), tf.constant(cands)
+        calls[f"{sig} in-process"] = (lambda f, c, k: lambda: f(context=c, candidates=k))(fn, c, k)
+    servers = []
+    try:
+        for sig, (ctx, cands) in requests.items():
+            server, served = start_server(base, ctx, cands, models=("sr_foundation",), signature=sig,
+                                          start=not servers, server=servers[0] if servers else None)
+            servers.append(server)
+            calls.update({f"{sig} {path}": call for path, call in served.items()})
+        results = measure(calls, args.requests, args.rounds)
+    finally:
+        if servers:
+            servers[0].stop()
+    hist = int(np.asarray(row["hist_movie_id"].iloc[0]).size)
+    report(f"sr_foundation rank request ({args.sr_run}): 1 user, {args.candidates} candidates, history {hist}; "
+           f"rank (text vectors sent) vs rank_text (raw strings, MiniLM in the graph); {args.requests} requests "
+           f"each, {args.rounds} alternating rounds, {os.cpu_count()} cores", "signature / path", results,
+           Path(args.json).with_name("serving_sr_foundation.json"),
+           {"run": args.sr_run, "candidates": args.candidates, "history": hist})
+    return 0
+
+
+def start_server(base: Path, context: bytes, candidates: list[bytes], models: tuple[str, ...] = ("din_long",),
+                 signature: str = "rank", start: bool = True, server=None):
+    """Start `tfrec-zoo serve` over `base` in this process on free ports (or reuse `server` with start=False);
+    return (server, {path: request function}): per model name, a gRPC Predict and a REST predict call of
+    `signature` (keys "grpc" / "rest" for one model, "NAME grpc" / "NAME rest" for several)."""
     import socket
     import urllib.request
 
@@ -230,17 +305,18 @@ def start_server(base: Path, context: bytes, candidates: list[bytes], models: tu
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
 
-    gport, rport = free_port(), free_port()
-    server = ModelServer(str(base), grpc_port=gport, rest_port=rport)
-    server.start()
+    if start:
+        server = ModelServer(str(base), grpc_port=free_port(), rest_port=free_port())
+        server.start()
+    gport, rport = server.grpc_port, server.rest_port
     stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{gport}"))
-    body = json.dumps({"signature_name": "rank", "inputs": {
+    body = json.dumps({"signature_name": signature, "inputs": {
         "context": {"b64": base64.b64encode(context).decode()},
         "candidates": [{"b64": base64.b64encode(c).decode()} for c in candidates]}}).encode()
 
     def clients(name: str) -> tuple:
         req = predict_pb2.PredictRequest()
-        req.model_spec.name, req.model_spec.signature_name = name, "rank"
+        req.model_spec.name, req.model_spec.signature_name = name, signature
         req.inputs["context"].CopyFrom(tf.make_tensor_proto(context, dtype=tf.string))
         req.inputs["candidates"].CopyFrom(tf.make_tensor_proto(candidates, dtype=tf.string,
                                                                shape=[len(candidates)]))

@@ -81,4 +81,4 @@ def _build(name: str, spec, artifacts, cfg):
 
 
 def _load_all() -> None:
-    from . import deepfm, din, mmoe, seminar, seminar_psu, two_tower  # noqa: F401  (each registers itself)
+    from . import deepfm, din, dnn, mmoe, ple, seminar, seminar_psu, shared_bottom, star, two_tower  # noqa: F401

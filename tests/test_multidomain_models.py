@@ -183,9 +183,12 @@ def test_config_round_trips_through_the_registry(name):
         build_model(name, SPEC, ART, {"units": [4]}, source="exp.yaml.params")
 
 
-def test_shared_bottom_needs_a_tower_layer():
+def test_tower_units_shared_bottom_needs_a_layer_ple_may_have_none():
     with pytest.raises(ValueError, match="tower_units must have at least one layer"):
         build_model("shared_bottom", SPEC, ART, {"tower_units": []})
+    model = build_model("ple", SPEC, ART, {**SMALL["ple"], "tower_units": []})
+    branches = model.get_layer("tower_click_own").input[:-1]          # the PLE branches themselves, one per row
+    assert len(branches) == 4 and all(b.shape[-1] == 8 for b in branches)
 
 
 def test_domain_select_rejects_an_index_outside_its_branches():

@@ -38,8 +38,8 @@ def _read_csv(path: Path, kinds: dict[str, str]) -> pd.DataFrame:
     """The CSV at `path` with `kinds` {column: "int" | "binary" | "text" | "text?"} checked; any bad value raises
     one ValueError naming the file, its line (the header is line 1) and the column. "text?" may be empty."""
     if not path.exists():
-        raise FileNotFoundError(f"{path}: missing (the Scenario-Wise-Rec samples sit in ../shared/datasets/{FOLDER}, "
-                                "or set TFREC_ZOO_SHARED_DATASETS)")
+        raise FileNotFoundError(f"{path}: missing. Fix: point `--raw` (or TFREC_ZOO_SHARED_DATASETS/{FOLDER}) at the "
+                                "folder holding the Scenario-Wise-Rec samples' douban/ and mind/")
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:

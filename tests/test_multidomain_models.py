@@ -127,12 +127,12 @@ def test_each_row_goes_through_its_own_domains_tower(name):
     np.testing.assert_array_equal(_eager(model, model.get_layer("tower_click_own").input[-1], x), MIXED_ROWS)
     got = _eager(model, model.outputs, x)
     ins = _tower_inputs(model, name, x)
+    def output(r, t, lab):
+        tower = _relu(_dense(model, f"tower_{lab.task}_d{r}_dense0", ins[(r, t)]))
+        logit = _dense(model, f"{lab.task}_logit", tower)[:, 0]
+        return _sigmoid(logit) if lab.type == "binary" else logit
     for t, lab in enumerate(SPEC.labels):
-        def output(r):
-            tower = _relu(_dense(model, f"tower_{lab.task}_d{r}_dense0", ins[(r, t)]))
-            logit = _dense(model, f"{lab.task}_logit", tower)[:, 0]
-            return _sigmoid(logit) if lab.type == "binary" else logit
-        every = np.stack([output(r) for r in range(4)])                        # [rows, B]: each domain's tower
+        every = np.stack([output(r, t, lab) for r in range(4)])                # [rows, B]: each domain's tower
         want = every[MIXED_ROWS, np.arange(8)]
         np.testing.assert_allclose(got[model.output_names.index(lab.task)], want, rtol=1e-4, atol=1e-6)
         wrong = every[(MIXED_ROWS + 1) % 4, np.arange(8)]                      # another tower: another output
@@ -236,8 +236,8 @@ def test_douban_builder_reads_labels_places_and_a_seeded_split(tmp_path):
 
 @pytest.mark.parametrize("body, error", [
     ("1,2,3,book,X,2007-07-10,5\n", r"douban_sample.csv:2: column 'rating' is '3', expected 0 or 1"),
-    ("1,2,1,book,X,2007-07-10,5\n1,2,1,,X,2007-07-10,5\n", r"douban_sample.csv:3: column 'domain' is '', expected a "
-                                                           "non-empty value"),
+    ("1,2,1,book,X,2007-07-10,5\n1,2,1,,X,2007-07-10,5\n",
+     r"douban_sample.csv:3: column 'domain' is '', expected a non-empty value"),
     ("1,x2,1,book,X,2007-07-10,5\n", r"douban_sample.csv:2: column 'item_id' is 'x2', expected a whole number"),
 ])
 def test_douban_builder_names_the_line_and_column_of_a_bad_value(tmp_path, body, error):

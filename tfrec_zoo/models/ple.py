@@ -7,8 +7,7 @@ from ..inputs import FeatureEmbeddings, build_inputs
 from ..layers import PLE
 from ..layers.domain_select import DomainSelect
 from . import register_model
-from .common import (concat, domain_feature, domain_rows, embed_fields, functional_model, head, mlp,
-                     pooled_sequences)
+from .common import concat, domain_feature, domain_rows, embed_fields, functional_model, head, mlp, pooled_sequences
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,7 @@ from .._tf import keras
 from ..inputs import FeatureEmbeddings, build_inputs
 from ..layers import STARTopology
 from . import register_model
-from .common import (concat, domain_feature, domain_rows, embed_fields, functional_model, head, mlp,
-                     pooled_sequences)
+from .common import concat, domain_feature, domain_rows, embed_fields, functional_model, head, mlp, pooled_sequences
 
 
 @dataclass(frozen=True)

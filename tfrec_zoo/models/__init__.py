@@ -81,4 +81,5 @@ def _build(name: str, spec, artifacts, cfg):
 
 
 def _load_all() -> None:
-    from . import deepfm, din, mmoe, seminar, seminar_psu, sr_foundation, two_tower  # noqa: F401  (each registers itself)
+    from . import (deepfm, din, dnn, mmoe, ple, seminar, seminar_psu, shared_bottom, sr_foundation,  # noqa: F401
+                   star, two_tower)  # each registers itself

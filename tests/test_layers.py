@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from tfrec_zoo._tf import keras, tf
-from tfrec_zoo.layers import attention, divergence, feature_layers, interaction, lifelong, multidomain, quantization
+from tfrec_zoo.layers import (attention, divergence, domain_select, feature_layers, interaction, lifelong, multidomain,
+                              quantization)
 from tfrec_zoo.layers.attention import TargetAttention
 from tfrec_zoo.layers.feature_layers import (DenseTransform, FrozenTable, LengthMask, MaskedPooling, PoolSteps,
                                              ValidSteps)
@@ -24,11 +25,12 @@ from tfrec_zoo.layers.interaction import FMInteraction, MixtureOfExperts
 from tfrec_zoo.layers.lifelong import (GSUScores, ModalityGate, ModalityTables, MultiHeadTargetAttention, NonEmpty,
                                        PairFusion, QueryDropout)
 from tfrec_zoo.layers.divergence import DomainDivergence
+from tfrec_zoo.layers.domain_select import DomainSelect
 from tfrec_zoo.layers.multidomain import (PLE, AspectGatingFusion, DomainLinearMaps, DomainRowCounter,
                                           RandomTextVectors, STARTopology)
 from tfrec_zoo.layers.quantization import PQScores, SimHash
 
-LAYER_MODULES = (attention, divergence, feature_layers, interaction, lifelong, multidomain, quantization)
+LAYER_MODULES = (attention, divergence, domain_select, feature_layers, interaction, lifelong, multidomain, quantization)
 SEED = 123
 
 
@@ -231,6 +233,14 @@ def _domain_row_counter():
     return Case(DomainRowCounter(3, name="drc"), _DOMAINS, {"num_rows": 3})
 
 
+def _domain_select():
+    rng = _rng(22)
+    branches = [_f32(rng, 4, 3) for _ in range(3)]
+    want = np.stack([b.numpy() for b in branches], 1)[np.arange(4), _DOMAINS.numpy()]
+    return Case(DomainSelect(name="ds"), [*branches, _DOMAINS], {"name": "ds"},
+                check=lambda layer, out: np.testing.assert_array_equal(out.numpy(), want))
+
+
 def _random_text_vectors():
     return Case(RandomTextVectors(table_rows=64, seed=4, name="rtv"), _f32(_rng(21), 3, 6),
                 {"table_rows": 64, "seed": 4})
@@ -240,7 +250,7 @@ CASES = {
     "AspectGatingFusion-mean": _agf("mean"), "AspectGatingFusion-domain": _agf("domain"),
     "DomainLinearMaps": _domain_linear_maps, "PLE": _ple, "STARTopology": _star,
     "DomainDivergence": _domain_divergence, "DomainRowCounter": _domain_row_counter,
-    "RandomTextVectors": _random_text_vectors,
+    "RandomTextVectors": _random_text_vectors, "DomainSelect": _domain_select,
     "TargetAttention": _target_attention, "LengthMask": _length_mask, "ValidSteps": _valid_steps,
     "MaskedPooling": _masked_pooling, "DenseTransform": _dense_transform, "FrozenTable": _frozen_table,
     "FrozenTable-int": _frozen_table_int, "PoolSteps": _pool_steps, "FMInteraction": _fm_interaction,

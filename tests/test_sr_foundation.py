@@ -267,3 +267,29 @@ def test_cold_start_pretrain_then_finetune(dataset, tmp_path, monkeypatch):
     assert "domain" in served.structured_input_signature[1]
     out = served(**{k: unknown[k] for k in served.structured_input_signature[1]})
     np.testing.assert_allclose(out["like"].numpy(), p, atol=1e-5)
+
+
+def test_cli_errors_are_one_line_naming_file_and_key(dataset, tmp_path, capsys):
+    from training.cli import main
+
+    plain = tmp_path / "plain"
+    spec = parse_spec({"name": "plain", "features": [{"name": "item_id", "kind": "id"},
+                                                     {"name": "like", "kind": "label"}]}, "plain.yaml")
+    write_dataset({"train": pd.DataFrame({"item_id": [1, 2, 3, 4], "like": [1.0, 0.0, 1.0, 0.0]})}, spec, plain,
+                  source="toy", progress=False)
+    cases = [
+        ({"dataset": str(plain), "model": "sr_foundation"},
+         "exp.yaml: params: {}/spec.yaml: sr_foundation (domain embeddings and maps) needs a feature of "
+         "`kind: domain`".format(plain)),
+        ({"dataset": str(dataset), "model": "sr_foundation", "params": {"gating": "cls"}},
+         "exp.yaml: params: {}/spec.yaml: params.gating=cls needs".format(dataset)),
+        ({"dataset": str(dataset), "model": "sr_foundation", "rows": {"keep": {"domain": ["x"]}}},
+         "exp.yaml: rows.keep.domain: domain holds integers"),
+    ]
+    for raw, words in cases:
+        exp = tmp_path / "exp.yaml"
+        exp.write_text(json.dumps({"name": "x", **raw}))
+        assert main(["train", str(exp), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: " + str(tmp_path)) and words in err[0], err
+        assert not (tmp_path / "run").exists()                       # nothing left behind

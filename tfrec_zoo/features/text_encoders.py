@@ -4,4 +4,8 @@ in step."""
 from __future__ import annotations
 
 #: encoder name (`TextEncoder.name`) -> the floats per text it gives (`TextEncoder.dim`)
-ENCODER_DIMS: dict[str, int] = {"all-MiniLM-L6-v2": 384}
+ENCODER_DIMS: dict[str, int] = {"all-MiniLM-L6-v2": 384,
+                                "all-MiniLM-L6-v2/cls": 384}   # the [CLS]-position token output of the same model
+
+#: encoders whose vector is a token-level output at the [CLS] position (S&R's [CLS]-gating reads these)
+CLS_ENCODERS: frozenset[str] = frozenset({"all-MiniLM-L6-v2/cls"})

@@ -5,6 +5,7 @@ search and recommendation domains, fine-tuned on a new, nearly empty one.
                         (its other features: multi-hots, dense, histories mean-pooled)
                         r_e = AGF(a_id, a_text, a_sparse; gate input u)        AspectGatingFusion, per entity
                           u = e_dom (domain gating) | pooled text = mean of the encoder's tokens (mean gating)
+                          | the encoder's [CLS] token output (cls gating)
     DA-MTL:             h = W_dom [r_user, r_query, r_item] + c_dom           DomainLinearMaps (one map per domain)
                         MMoE([h, e_dom]) -> one tower and head per task      (search relevance, CTR, ...)
     loss:               sum_t w_t BCE_t + lambda * D(h by domain)            D = JS | MMD (`losses: {divergence: l}`)
@@ -13,8 +14,9 @@ The paper's equations were not readable; every formula above beyond "three aspec
 gating, domain embeddings + domain-specific linear maps on MMoE, JS or MMD" is [inferred]; the choices and why are
 in seeds/papers/sr_foundation.md ("Formulas chosen"). Mean gating: the gate reads the entity's pooled text vector,
 which for our encoder (all-MiniLM-L6-v2, mean pooling) is the mean of its token outputs, i.e. the digest's
-"mean of the token embeddings"; an entity without text gates on the mean of its aspects. [CLS] gating needs the
-encoder's [CLS] token vectors, which datasets do not store yet: asking for it is an error that says so.
+"mean of the token embeddings". [CLS] gating reads the encoder's token output at the [CLS] position, a text feature
+of its own in the spec (`encoder: all-MiniLM-L6-v2/cls`, typically `side_of` the item: one vector per catalogue
+text, computed at build time). An entity without the gate's text gates on the mean of its aspects.
 
 Domains are the rows of the domain feature's vocabulary (OOV rows first). `DomainRowCounter` records which rows
 training reached; `fill_unseen_rows()` (called by the platform after a restore and after training) sets the domain
@@ -34,6 +36,7 @@ import numpy as np
 
 from .._tf import keras, tf
 from ..features.spec import SequenceFeature
+from ..features.text_encoders import CLS_ENCODERS
 from ..inputs import FeatureEmbeddings, at_level, build_inputs
 from ..layers import (AspectGatingFusion, DomainLinearMaps, DomainRowCounter, MaskedPooling, MixtureOfExperts,
                       RandomTextVectors, js_penalty, mmd_penalty)
@@ -48,7 +51,7 @@ TEXT_MODES = ("llm", "random", "none")
 @dataclass(frozen=True)
 class SRFoundationConfig:
     units: int = 64                  # width of each entity's fused vector (AGF) and of the domain-mapped space
-    gating: str = "domain"           # mean | cls | domain
+    gating: str = "domain"           # mean | cls | domain (cls: needs an `all-MiniLM-L6-v2/cls` text feature)
     text: str = "llm"                # llm | random (ablation: random vectors per text) | none (no text aspect)
     divergence: str = "js"           # js | mmd | none: the `divergence` auxiliary loss (weight in `losses:`)
     divergence_weight: float = 0.1   # its default weight
@@ -135,9 +138,14 @@ def _entities(spec, cfg: SRFoundationConfig, domain: str) -> dict[str, list[str]
     return {k: v for k, v in out.items() if v}
 
 
+def _is_cls(f) -> bool:
+    return getattr(f, "encoder", None) in CLS_ENCODERS
+
+
 def _aspects(spec, emb: FeatureEmbeddings, inputs: dict, names: list[str], cfg: SRFoundationConfig, entity: str):
-    """(id, text, sparse) aspect tensors of one entity (None where it has none)."""
-    ids, texts, sparse = [], [], []
+    """(id, text, sparse, cls) tensors of one entity (None where it has none): three aspects and the [CLS] vector
+    that [CLS]-gating reads (text features with a [CLS] encoder are gate inputs, not aspects)."""
+    ids, texts, sparse, cls = [], [], [], []
     key_ids = {spec.keys.get(r) for r in ("user", "item", "query")}
     for name in names:
         f = spec[name]
@@ -148,21 +156,26 @@ def _aspects(spec, emb: FeatureEmbeddings, inputs: dict, names: list[str], cfg: 
                     sparse.append(at_level(MaskedPooling("mean", name=f"mean_{sf.name}"), 1)([fields[sf.name], mask]))
             continue
         if f.kind in ("text", "vector"):
-            texts.append(emb.feature(name, inputs))
+            if not _is_cls(f):
+                texts.append(emb.feature(name, inputs))
+            elif cfg.gating == "cls":           # read only when it gates: otherwise not a model input
+                cls.append(emb.feature(name, inputs))
             continue
         vec = emb.feature(name, inputs)
         (ids if f.kind == "id" and name in key_ids else sparse).append(vec)
         if f.kind == "id" and name in key_ids:
             rows = emb.index(name, inputs)
             for side in spec.side_features(name):
-                (texts if side.kind in ("text", "vector") else sparse).append(emb.side(side.name, rows))
+                kind = "cls" if _is_cls(side) else "text" if side.kind in ("text", "vector") else "sparse"
+                if kind != "cls" or cfg.gating == "cls":
+                    {"cls": cls, "text": texts, "sparse": sparse}[kind].append(emb.side(side.name, rows))
     text = concat(texts, f"{entity}_text") if texts else None
     if text is not None and cfg.text == "random":
         text = at_level(RandomTextVectors(name=f"{entity}_random_text"), 0)(text)
     if cfg.text == "none":
         text = None
     return (concat(ids, f"{entity}_ids") if ids else None, text,
-            concat(sparse, f"{entity}_sparse") if sparse else None)
+            concat(sparse, f"{entity}_sparse") if sparse else None, concat(cls, f"{entity}_cls") if cls else None)
 
 
 @register_model("sr_foundation", SRFoundationConfig)
@@ -171,9 +184,10 @@ def sr_foundation(spec, artifacts, cfg: SRFoundationConfig):
     maps -> MMoE -> towers, with a JS / MMD divergence between domains."""
     if cfg.gating not in ("mean", "cls", "domain"):
         raise ValueError(f"{spec.source}: params.gating: {cfg.gating!r} is not one of mean, cls, domain")
-    if cfg.gating == "cls":
-        raise ValueError(f"{spec.source}: params.gating=cls needs the text encoder's [CLS] token vectors, which "
-                         "datasets do not store yet (only pooled vectors); use gating: mean or domain")
+    if cfg.gating == "cls" and not any(_is_cls(f) for f in spec.features):
+        raise ValueError(f"{spec.source}: params.gating=cls needs the text encoder's [CLS] token output as a feature: "
+                         f"add e.g. `{{name: title_cls, kind: text, encoder: all-MiniLM-L6-v2/cls, side_of: ITEM, "
+                         f"source: title}}` (computed once per text at build time), or use gating: mean or domain")
     if cfg.text not in TEXT_MODES or cfg.divergence not in DIVERGENCES:
         raise ValueError(f"{spec.source}: params.text must be one of {TEXT_MODES} and params.divergence one of "
                          f"{DIVERGENCES}; got {cfg.text!r}, {cfg.divergence!r}")
@@ -196,15 +210,16 @@ def sr_foundation(spec, artifacts, cfg: SRFoundationConfig):
 
     fused = []
     for entity, names in _entities(spec, cfg, dom.name).items():
-        ids, text, sparse = _aspects(spec, emb, inputs, names, cfg, entity)
+        ids, text, sparse, cls = _aspects(spec, emb, inputs, names, cfg, entity)
         aspects = [a for a in (ids, text, sparse) if a is not None]
         if not aspects:
             continue
+        gate_text = cls if cfg.gating == "cls" else text if cfg.gating == "mean" else None
         if cfg.gating == "domain":
             agf, gate = AspectGatingFusion("domain", units=cfg.units, name=f"agf_{entity}"), [e_dom]
-        elif text is not None:     # mean gating on the pooled (mean-of-tokens) text: the layer's text-vector mode
-            agf, gate = AspectGatingFusion("cls", units=cfg.units, name=f"agf_{entity}"), [text]
-        else:                      # mean gating without text: the mean of the aspects
+        elif gate_text is not None:   # [CLS] token output, or the pooled (mean-of-tokens) text: a text gate vector
+            agf, gate = AspectGatingFusion("cls", units=cfg.units, name=f"agf_{entity}"), [gate_text]
+        else:                         # an entity without that text: the mean of its aspects
             agf, gate = AspectGatingFusion("mean", units=cfg.units, name=f"agf_{entity}"), []
         fused.append(at_level(agf, 1)([*aspects, *gate]))
     x = concat(fused, "entities")

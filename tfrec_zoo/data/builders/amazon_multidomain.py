@@ -2,7 +2,12 @@
 
 Source: ../shared/datasets/amazon_product_search_hem (Ai et al. SIGIR'17), triples `<reviewerID>_<query line> 0
 <asin> 1` per category. Domains (the `domain` feature, `kind: domain`): cell_phones (Cell_Phones_and_Accessories),
-electronics (Electronics, the cold-start domain), kindle (Kindle_Store), cds (CDs_and_Vinyl).
+electronics (Electronics), kindle (Kindle_Store), cds (CDs_and_Vinyl).
+
+Cold start: electronics (the smallest domain: 272 items, 5,541 triples, users with ~1 purchase each) is the held-out
+domain. Its rows stay in every split; the manifest names it (`extra.cold_start`, select `domain == 'electronics'`)
+with the rows and positive rate per domain, split and task (`extra.domain_stats`), so a later fine-tuning step
+needs no extra column.
 
 Tasks. Every row belongs to one task; both are binary labels of ONE dataset, and the spec's label masks (`mask:`,
 the sample weight of a task) keep each task to its own rows, so a multi-task model (MMoE, PLE) gets one head per
@@ -29,30 +34,54 @@ Splits (a user-item pair's triples always go to one split):
   earlier split of another domain are dropped (`extra.cross_domain_pairs_dropped`), so no user-item pair is in
   train and in test.
 
-Size cap: users are sampled per domain with a seeded hash of the reviewerID (`user_draw`): a user is kept in domain
-d when draw < USER_SHARE[d] (cell_phones 0.2, kindle 0.12, electronics and cds 1.0); the same draw serves every
-domain, so a user kept in a small-share domain is kept in the larger ones and cross-domain users stay cross-domain.
-`max_users` (tests, CLI --max-users) then keeps the N users with the smallest draws per domain. The manifest records
-the shares and the users/triples kept per domain.
+Size cap (the whole build: ~2.5-3 min on 2 shared cores with the text cache warm, +~25 s to encode its 2,486
+distinct texts cold; ~800 MB), seeded and recorded in `extra.sample`. A draw in [0, 1) per id is a hash of (seed,
+id) (`id_draw`), the same in every domain:
+* kindle: the triples of the ASINs with draw < 0.1 (4,590 of 45,235 items; all their buyers, 15,143 users).
+  Sampling items, not users, keeps items warm: with a 12% user sample 56% of kindle's test triples had an item
+  without a train triple, with this item sample 8%.
+* cell_phones: the users with draw < 0.2, plus every user of HEM's test.qrels so its small test set (667 triples)
+  stays whole (6,022 users).
+* electronics, cds: everything.
+`max_users` (tests, CLI --max-users) then keeps the N users per domain with the smallest draws.
 
 Features:
 * query: the query string (a category path) -> MiniLM; query_id = "DOMAIN/LINE" (query lines are per category).
-* item_text: the distinct queries the item occurs with in the TRAIN split (any domain), sorted, joined by " | ";
-  items without a train triple get '' -> zero vector. In HEM every purchase is paired with all of the item's
-  (split's) queries, so this is the item's category paths, an item attribute, not a trace of who bought it.
+* item_text: the distinct queries the item occurs with in the TRAIN split (any domain), sorted, joined by " | ".
+  In HEM every purchase is paired with all of the item's queries (checked: in all five qrels files every buyer of
+  an item has the same query set), so this is the item's category paths, an item attribute, not a trace of who
+  bought it. No valid/test triple contributes.
 * hist_item_id: the user's distinct items of earlier splits (train rows: train; valid rows: train; test rows: train
   and valid), never the row's own item nor any test item of the user. No timestamps exist: other domains' items come
   first (domain order as above), the row's domain last, file order inside a domain; the most recent 50 are kept.
   Negatives copy their positive's history.
 
 Negatives, drawn uniformly per domain (seeded, one stream per domain/split/task) among the items of the domain's
-train split that the user never interacted with in any domain or split: 1 per positive in train, EVAL_NEGATIVES = 9
+train split that the user never bought in any domain, sampled or not: 1 per positive in train, EVAL_NEGATIVES = 4
 per positive in valid/test (pointwise rows with label 0, so AUC / GAUC per domain and task come from the pointwise
-evaluation). Only train items are drawn, also for valid/test: drawing items with no train triple would make an empty
-item text (and an OOV item id) mean "negative" in train.
+evaluation; 1 + 4 keeps valid/test at 110k / 132k rows). Only train items are drawn, and valid/test positives whose
+item has no train triple in its domain are left out (`extra.cold_item_positives_left_out`: valid 1,614 search /
+1,439 rec, test 1,209 / 944): such an item has an empty text and an OOV id, which only positives would have.
 
-Shortcut check (numbers of the default build; `extra.shortcut_stats` records them per split and task):
-SHORTCUT_NUMBERS
+Rows (search + rec) per domain, default build (`extra.domain_stats` has the positive rates: 0.5 in train, 0.2 in
+valid/test, in every domain and task):
+
+    split   cell_phones        electronics     kindle             cds                all
+    train   65,372 + 56,014    10,442 + 9,528  55,920 + 34,042    89,058 + 73,954    394,330
+    valid   29,445 + 25,005    135 + 115       9,945 + 6,155      21,930 + 17,435    110,165
+    test    3,230 + 2,970      1,020 + 835     25,480 + 15,770    45,685 + 37,020    132,010
+
+Shortcut check (default build; `extra.shortcut_stats` records the first three per split and task):
+* empty item text: 0.0 for positives and negatives in every split and task (see the negatives above).
+* history: identical for a positive and its negatives (empty for 50% / 47% of train search / rec rows, the users
+  with one purchase; never empty in valid/test, whose users have >= 2 items); never holds the target (0 rows).
+* query in item text (search): positives 1.0 in train and valid and in test except cell_phones (0.008: HEM's test
+  queries never occur in train), negatives 0.02-0.19. That is how HEM made its queries (a query is one of the bought
+  item's category paths), not a leak, but it makes search easy: the exact match alone, as a score, has search AUC
+  0.91 / 0.97 / 0.97 / 0.98 (cell_phones / electronics / kindle / cds) on train and 0.50 / 0.98 / 0.97 / 0.98 on
+  test. A 1-epoch MMoE (training/experiments/mmoe-ml-latest-small.yaml with tasks search and rec) reached test
+  search AUC 0.98 (cell_phones 0.88) and rec AUC 0.71: compare search models against the match, or look at the rec
+  task and at cell_phones, where the match does not help.
 """
 from __future__ import annotations
 
@@ -198,7 +227,9 @@ class Histories:
         if key not in self._cache:
             earlier = ("train",) if split in ("train", "valid") else ("train", "valid")
             order = [d for d in DOMAIN_NAMES if d != domain] + [domain]
-            self._cache[key] = [i for d in order for s in earlier for i in self.items.get((user, d, s), ())]
+            items = [i for d in order for s in earlier for i in self.items.get((user, d, s), ())]
+            # an ASIN bought in two categories appears once, at its last place (the row's domain if it is there)
+            self._cache[key] = list(dict.fromkeys(reversed(items)))[::-1]
         return self._cache[key]
 
     def of(self, user: str, domain: str, split: str, item: str) -> list[str]:
@@ -266,7 +297,7 @@ def domain_stats(splits: dict[str, pd.DataFrame]) -> dict[str, Any]:
             out[split][d] = {}
             for task in TASKS:
                 y = rows.loc[rows[f"is_{task}"] == 1, task]
-                out[split][d][task] = {"rows": int(len(y)), "positives": int(y.sum()),
+                out[split][d][task] = {"rows": len(y), "positives": int(y.sum()),
                                        "positive_rate": round(float(y.mean()), 4) if len(y) else None}
     return out
 

@@ -34,8 +34,8 @@ Splits (a user-item pair's triples always go to one split):
   earlier split of another domain are dropped (`extra.cross_domain_pairs_dropped`), so no user-item pair is in
   train and in test.
 
-Size cap (the whole build: ~2.5-3 min on 2 shared cores with the text cache warm, +~25 s to encode its 2,486
-distinct texts cold; ~800 MB), seeded and recorded in `extra.sample`. A draw in [0, 1) per id is a hash of (seed,
+Size cap (the whole build: 1 min 50 s to 3 min in three runs on 2 shared cores with the text cache warm, +~25 s to
+encode its 2,486 distinct texts cold; 799 MB on disk), seeded and recorded in `extra.sample`. A draw in [0, 1) per id is a hash of (seed,
 id) (`id_draw`), the same in every domain:
 * kindle: the triples of the ASINs with draw < 0.1 (4,590 of 45,235 items; all their buyers, 15,143 users).
   Sampling items, not users, keeps items warm: with a 12% user sample 56% of kindle's test triples had an item

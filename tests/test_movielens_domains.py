@@ -103,3 +103,29 @@ def test_manifest_records_cold_start_and_per_domain_counts(built, frames):
 def test_spec_validates(capsys):
     assert main(["spec", "validate", str(SPEC)]) == 0
     assert "ok (9 input features, 2 labels" in capsys.readouterr().out
+
+
+def test_title_cls_side_table_is_the_cls_output_and_sr_foundation_gates_on_it(built, frames):
+    from tfrec_zoo._tf import keras
+    from tfrec_zoo.models import build_model
+    from tfrec_zoo.text import get_encoder
+
+    out, _, _ = built
+    data = open_dataset(out)
+    table = data.artifacts.side["movie_id/title_cls"]
+    vocab = data.artifacts.vocabs["movie_id"]
+    oov = data.spec.table_config("movie_id").vocab.oov_buckets
+    titles = pd.concat(frames.values()).drop_duplicates("movie_id").set_index("movie_id")["title"]
+    some = vocab[:5]
+    want = get_encoder("all-MiniLM-L6-v2/cls").encode([titles[m] for m in some])
+    np.testing.assert_allclose(table[oov:oov + 5], want, atol=1e-5)
+    pooled = get_encoder("all-MiniLM-L6-v2").encode([titles[m] for m in some])
+    assert not np.allclose(want, pooled, atol=1e-2)                 # a token output, not the sentence vector
+    model = build_model("sr_foundation", data.spec, data.artifacts,
+                        {"gating": "cls", "units": 8, "query_features": ["query"], "expert_units": [8]})
+    agf = model.get_layer("agf_item")
+    assert agf.gating == "cls" and model.get_layer("agf_user").gating == "mean"   # no user text: aspects' mean
+    assert "title_cls" not in model.input_names                      # a side table inside the model
+    model.compile(keras.optimizers.Adam(0.01))
+    batch = next(iter(data.dataset("train", 64, features=model.input_names)))
+    assert np.isfinite(model.train_on_batch(*batch[:2], return_dict=True)["loss"])

@@ -153,7 +153,7 @@ def test_sr_foundation_entities_losses_and_errors(dataset):
     assert build_model("sr_foundation", data.spec, data.artifacts, {"divergence": "none"}).loss_names == ["like_loss"]
     no_text = build_model("sr_foundation", data.spec, data.artifacts, {"text": "none", "units": 8})
     assert "title" not in no_text.input_names and "title" in model.input_names
-    with pytest.raises(ValueError, match="params.gating=cls needs the text encoder's .CLS. token vectors"):
+    with pytest.raises(ValueError, match="params.gating=cls needs the text encoder's .CLS. token output as a feature"):
         build_model("sr_foundation", data.spec, data.artifacts, {"gating": "cls"})
     with pytest.raises(ValueError, match=r"'query' is in both user_features and query_features"):
         build_model("sr_foundation", data.spec, data.artifacts, {"user_features": ["user_id", "query"],

@@ -35,9 +35,19 @@ __all__ = [
 ]
 
 #: known encoder names -> factories. A name here is also the `TextEncoder.name` its encoder reports.
+class _SharingFactory:
+    """Builds `cls(share=<the encoder called base>)`: another output of a model already built (same weights)."""
+
+    def __init__(self, cls, base: str):
+        self.cls, self.base, self.name, self.dim = cls, base, cls.name, cls.dim
+
+    def __call__(self) -> TextEncoder:
+        return self.cls(share=_base(self.base))
+
+
 ENCODERS: dict[str, Callable[[], TextEncoder]] = {
     MiniLMEncoder.name: MiniLMEncoder,
-    MiniLMClsEncoder.name: lambda: MiniLMClsEncoder(share=_base(MiniLMEncoder.name)),
+    MiniLMClsEncoder.name: _SharingFactory(MiniLMClsEncoder, MiniLMEncoder.name),
 }
 
 # Building MiniLM takes seconds and ~90 MB; share one instance per name across every get_encoder() caller (and

@@ -369,7 +369,13 @@ def build_amazon_search_multidomain(spec: FeatureSpec, raw_dir: Path | None, *, 
     sampler = Sampler(triples, pd.concat([v.purchases for v in data.values()]), seed)
     splits, cold = _rows(triples, queries, sampler, texts, seed)
     kept = triples.groupby("domain")["user_id"].nunique()
-    return Built(splits, source=str(raw), extra={
+    # catalogues (label-free): each item's text and each query's string, for `side_of` text features (the [CLS]
+    # token outputs `item_text_cls` / `query_cls`, encoded once per item / query instead of once per row)
+    rows = pd.concat(splits.values(), ignore_index=True)
+    catalogues = {"item_id": pd.DataFrame(sorted(texts.items()), columns=["item_id", "item_text"]),
+                  "query_id": rows.loc[rows["query_id"] != "", ["query_id", "query"]].drop_duplicates("query_id")
+                  .sort_values("query_id").reset_index(drop=True)}
+    return Built(splits, source=str(raw), catalogues=catalogues, extra={
         "domains": {"names": list(DOMAIN_NAMES), "folders": {d.name: d.folder for d in DOMAINS}},
         "cold_start": {"domain": COLD_START, "select": f"domain == '{COLD_START}'",
                        "note": "its rows stay in every split; experiments choose how many to train on"},

@@ -8,7 +8,7 @@ Per dataset (DATASETS below: its cold-start domain, the query features, epochs) 
 resumes where it stopped):
 * multi-domain: pretrained on every domain but the cold-start one (`rows: {drop: ...}`), AUC / GAUC per domain and
   task on the test split, and their unweighted mean. Rows: sr_foundation (domain gating, LLM text, JS) and its
-  ablations (mean gating, no text, random text vectors, MMD, no divergence); the baselines MMoE, Shared-Bottom, PLE,
+  ablations (mean gating, [CLS] gating, no text, random text vectors, MMD, no divergence); the baselines MMoE, Shared-Bottom, PLE,
   STAR, one DNN over all domains, and one DNN per domain (each trained and tested on its own domain's rows).
 * cold start: the cold-start domain's test split, whole, after (a) a DNN and an sr_foundation trained from scratch
   on its small train share, (b) the pretrained sr_foundation as it is (no fine-tuning; the domain's embedding and
@@ -49,14 +49,15 @@ DATASETS = {
         "domain": "domain", "cold": 0, "share": 0.1, "sr_params": {"query_features": ["query"]},
         "epochs": 2, "batch_size": 1024, "finetune_epochs": 3, "finetune_batch_size": 256},
     "amazon-search-multidomain": {
-        "domain": "domain", "cold": "electronics", "share": 0.1, "sr_params": {},
-        "epochs": 2, "batch_size": 1024, "finetune_epochs": 3, "finetune_batch_size": 256},
+        "domain": "domain", "cold": "electronics", "share": 0.1, "sr_params": {"query_features": ["query_id", "query"]},
+        "epochs": 1, "batch_size": 1024, "finetune_epochs": 3, "finetune_batch_size": 256},
 }
 SR = {"units": 32, "num_experts": 4, "expert_units": [128, 64], "tower_units": [64]}
 # multi-domain rows: name -> (model, params, losses)
 PRETRAINED = {
     "sr_domain_js": ("sr_foundation", {"gating": "domain", "text": "llm", "divergence": "js"}, {"divergence": 0.1}),
     "sr_mean_gate": ("sr_foundation", {"gating": "mean", "text": "llm", "divergence": "js"}, {"divergence": 0.1}),
+    "sr_cls_gate": ("sr_foundation", {"gating": "cls", "text": "llm", "divergence": "js"}, {"divergence": 0.1}),
     "sr_no_text": ("sr_foundation", {"gating": "domain", "text": "none", "divergence": "js"}, {"divergence": 0.1}),
     "sr_random_text": ("sr_foundation", {"gating": "domain", "text": "random", "divergence": "js"},
                        {"divergence": 0.1}),
@@ -69,6 +70,7 @@ PRETRAINED = {
     "dnn_all_domains": ("dnn", {}, {}),
 }
 LABELS = {"sr_domain_js": "S&R foundation (domain gating, JS)", "sr_mean_gate": "  ablation: mean gating",
+          "sr_cls_gate": "  ablation: [CLS] gating",
           "sr_no_text": "  ablation: no text aspect", "sr_random_text": "  ablation: random text vectors",
           "sr_mmd": "  ablation: MMD instead of JS", "sr_no_divergence": "  ablation: no divergence",
           "mmoe": "MMoE", "shared_bottom": "Shared-Bottom", "ple": "PLE", "star": "STAR",

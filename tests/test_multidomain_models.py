@@ -277,12 +277,14 @@ def douban(tmp_path_factory, shared_root):
     return open_dataset(out)
 
 
-@pytest.mark.parametrize("name", ["mmoe", "dnn", "shared_bottom", "ple", "star"])
+@pytest.mark.parametrize("name", ["mmoe", "dnn", "shared_bottom", "ple", "star", "sr_foundation"])
 def test_one_epoch_on_douban_reports_per_domain_auc(douban, name):
     from training.evaluation import evaluate_split
 
     assert douban.rows("train") + douban.rows("valid") + douban.rows("test") == 3000
-    params = {"mmoe": {"num_experts": 2, "expert_units": [16], "tower_units": [8]}, **SMALL}[name]
+    params = {"mmoe": {"num_experts": 2, "expert_units": [16], "tower_units": [8]},
+              "sr_foundation": {"units": 8, "num_experts": 2, "expert_units": [16], "tower_units": [8]},
+              **SMALL}[name]
     model = build_model(name, douban.spec, douban.artifacts, params)
     model.compile(keras.optimizers.Adam(0.003))
     history = model.fit(douban.dataset("train", 256, shuffle_buffer=4096, seed=0), epochs=1, verbose=0).history
@@ -294,3 +296,4 @@ def test_one_epoch_on_douban_reports_per_domain_auc(douban, name):
     assert sum(d["like"]["count"] for d in by_domain.values()) == result["overall"]["like"]["count"] == \
         douban.rows("test")
     assert all(0.0 <= d["like"]["auc"] <= 1.0 for d in by_domain.values())
+    assert set(result["domain_mean"]["domain"]["like"]) >= {"auc", "auc_domains"}

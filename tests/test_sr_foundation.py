@@ -293,3 +293,33 @@ def test_cli_errors_are_one_line_naming_file_and_key(dataset, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: " + str(tmp_path)) and words in err[0], err
         assert not (tmp_path / "run").exists()                       # nothing left behind
+
+
+def test_cold_start_run_exports_with_parity_and_ranks_across_domains(dataset, tmp_path, monkeypatch):
+    """The fine-tuned run exports (fresh-process parity checked by export_run) and one SavedModel ranks candidates
+    of any domain, an unknown one included: the domain travels in the request."""
+    from training.exporting import export_run
+    from training.trainer import train
+
+    monkeypatch.setenv("TFREC_ZOO_DATA", str(tmp_path / "data"))
+    params = {"units": 8, "query_features": ["query"], "expert_units": [16], "tower_units": [8]}
+    exp = parse_experiment({"name": "x", "dataset": str(dataset), "model": "sr_foundation", "params": params,
+                            "rows": {"drop": {"domain": [0]}}, "epochs": 1, "batch_size": 128,
+                            "evaluation": {"splits": []}}, "x.yaml")
+    train(exp, tmp_path / "run", verbose=0, log=lambda *_: None)
+    lines: list[str] = []
+    version = export_run(tmp_path / "run", "srf", tmp_path / "models", warmup=4, parity_rows=32, log=lines.append)
+    assert "fresh-process parity on 32 validation examples" in lines[-1]
+    rank = tf.saved_model.load(str(version)).signatures["rank"]
+    ctx = tf.train.Example()
+    ctx.features.feature["user_id"].int64_list.value.append(3)
+    ctx.features.feature["query"].float_list.value.extend([0.0] * 6)
+    cands = []
+    for item, domain in [(5, 1), (5, 2), (5, 77)]:
+        c = tf.train.Example()
+        c.features.feature["item_id"].int64_list.value.append(item)
+        c.features.feature["domain"].int64_list.value.append(domain)
+        c.features.feature["title"].float_list.value.extend([0.1] * 6)
+        cands.append(c.SerializeToString())
+    out = rank(context=tf.constant(ctx.SerializeToString()), candidates=tf.constant(cands))["like"].numpy()
+    assert out.shape == (3,) and np.isfinite(out).all() and out[0] != out[1]    # the domain changes the score

@@ -262,7 +262,9 @@ def main() -> int:
     only = set(args.only) if args.only else None
     for dataset in args.datasets:
         for seed in args.seeds:
-            results.setdefault(dataset, {})[str(seed)] = bench_dataset(dataset, seed, out, only)
+            done = results.setdefault(dataset, {}).setdefault(str(seed), {"multi_domain": {}, "cold_start": {}})
+            for part, rows in bench_dataset(dataset, seed, out, only).items():   # --only keeps the other rows
+                done[part].update(rows)
             tmp = results_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(results, indent=1, default=float) + "\n")
             os.replace(tmp, results_file)

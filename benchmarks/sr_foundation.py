@@ -254,13 +254,15 @@ def main() -> int:
                                               "scratch_dnn, finetune_freeze2, ...)")
     ap.add_argument("--out", default="benchmarks/out/sr_foundation")
     ap.add_argument("--no-card", action="store_true")
+    ap.add_argument("--card-only", action="store_true", help="write the tables of --datasets from results.json into "
+                                                             "the card, train nothing")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     only = set(args.only) if args.only else None
-    for dataset in args.datasets:
+    for dataset in [] if args.card_only else args.datasets:
         for seed in args.seeds:
             done = results.setdefault(dataset, {}).setdefault(str(seed), {"multi_domain": {}, "cold_start": {}})
             for part, rows in bench_dataset(dataset, seed, out, only).items():   # --only keeps the other rows

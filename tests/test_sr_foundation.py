@@ -222,10 +222,12 @@ def test_domain_mean_weighs_every_domain_once():
 
 
 # -- pretrain on every domain but one, fine-tune on a share of it --------------------------------------------------
-def test_cold_start_pretrain_then_finetune(dataset, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def cold_start(dataset, tmp_path_factory):
+    """(run directory, result) of one pretrain -> cold-start fine-tune run (subsets under the run's own data dir)."""
     from training.trainer import train
 
-    monkeypatch.setenv("TFREC_ZOO_DATA", str(tmp_path / "data"))
+    root = tmp_path_factory.mktemp("cold")
     params = {"units": 8, "query_features": ["query"], "expert_units": [16], "tower_units": [8]}
     exp = parse_experiment({
         "name": "cs", "dataset": str(dataset), "model": "sr_foundation", "params": params,
@@ -233,18 +235,24 @@ def test_cold_start_pretrain_then_finetune(dataset, tmp_path, monkeypatch):
                     "params": params, "epochs": 2, "evaluate": True}],
         "rows": {"keep": {"domain": [0]}, "share": {"train": 0.5}},
         "restore": {"from": "pretrain", "freeze_level": 2}, "epochs": 2, "batch_size": 64}, "cs.yaml")
-    result = train(exp, tmp_path / "run", verbose=0, log=lambda *_: None)
-    pre = json.loads((tmp_path / "run" / "pretrain" / "metrics.json").read_text())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TFREC_ZOO_DATA", str(root / "data"))
+        yield root / "run", train(exp, root / "run", verbose=0, log=lambda *_: None)
+
+
+def test_cold_start_pretrain_then_finetune(dataset, cold_start, tmp_path):
+    run_dir, result = cold_start
+    pre = json.loads((run_dir / "pretrain" / "metrics.json").read_text())
     assert sorted(pre["test"]["by_domain"]["domain"]) == ["1", "2", "3"]     # the cold-start domain left out
     assert pre["test"]["domain_mean"]["domain"]["like"]["auc_domains"] == 3
     assert list(result.metrics["test"]["by_domain"]["domain"]) == ["0"]       # fine-tuned and evaluated on it
-    restore = json.loads((tmp_path / "run" / "restore.json").read_text())
+    restore = json.loads((run_dir / "restore.json").read_text())
     assert list(restore["filled"].values()) == [["<oov0>", "0"]]
     assert {"emb_domain", "emb_item_id", "agf_user", "agf_item", "domain_maps"} <= set(restore["frozen"])
     # frozen while fine-tuning: the cold-start domain's map stays the mean of the pretrained domains' maps
     from training.runs import load_run
 
-    _, _, pretrained = load_run(tmp_path / "run" / "pretrain", lambda *_: None)
+    _, _, pretrained = load_run(run_dir / "pretrain", lambda *_: None)
     model = result.model
     rows = model.row_names
     trained = [rows.index(v) for v in ("1", "2", "3")]
@@ -295,20 +303,15 @@ def test_cli_errors_are_one_line_naming_file_and_key(dataset, tmp_path, capsys):
         assert not (tmp_path / "run").exists()                       # nothing left behind
 
 
-def test_cold_start_run_exports_with_parity_and_ranks_across_domains(dataset, tmp_path, monkeypatch):
-    """The fine-tuned run exports (fresh-process parity checked by export_run) and one SavedModel ranks candidates
+def test_cold_start_run_exports_with_parity_and_ranks_across_domains(cold_start, tmp_path):
+    """The pretrained run exports (fresh-process parity checked by export_run) and one SavedModel ranks candidates
     of any domain, an unknown one included: the domain travels in the request."""
     from training.exporting import export_run
-    from training.trainer import train
 
-    monkeypatch.setenv("TFREC_ZOO_DATA", str(tmp_path / "data"))
-    params = {"units": 8, "query_features": ["query"], "expert_units": [16], "tower_units": [8]}
-    exp = parse_experiment({"name": "x", "dataset": str(dataset), "model": "sr_foundation", "params": params,
-                            "rows": {"drop": {"domain": [0]}}, "epochs": 1, "batch_size": 128,
-                            "evaluation": {"splits": []}}, "x.yaml")
-    train(exp, tmp_path / "run", verbose=0, log=lambda *_: None)
+    run_dir, _ = cold_start
     lines: list[str] = []
-    version = export_run(tmp_path / "run", "srf", tmp_path / "models", warmup=4, parity_rows=32, log=lines.append)
+    version = export_run(run_dir / "pretrain", "srf", tmp_path / "models", warmup=4, parity_rows=32,
+                         log=lines.append)
     assert "fresh-process parity on 32 validation examples" in lines[-1]
     rank = tf.saved_model.load(str(version)).signatures["rank"]
     ctx = tf.train.Example()

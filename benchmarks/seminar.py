@@ -115,18 +115,9 @@ def table(results: dict) -> str:
 def write_card(text: str, command: str, mark: str = MARK, quoted: bool = False) -> None:
     """Replace the block between the two `mark` lines of seeds/papers/seminar.md (append it when absent), headed by
     `command` (in backticks unless `quoted`: already formatted)."""
-    card = ROOT / "seeds" / "papers" / "seminar.md"
-    body = card.read_text()
-    block = f"{mark}\n{command if quoted else f'`{command}`'}\n\n{text}\n{mark}"
-    if body.count(mark) == 2:
-        head, _, rest = body.partition(mark)
-        _, _, tail = rest.partition(mark)
-        body = head + block + tail
-    else:
-        body = body.rstrip() + "\n\n" + block + "\n"
-    tmp = card.with_suffix(".tmp")
-    tmp.write_text(body)
-    os.replace(tmp, card)
+    from cards import write_block
+
+    write_block("seminar.md", mark, command if quoted else f"`{command}`", text)
 
 
 def main() -> int:

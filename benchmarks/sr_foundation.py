@@ -39,7 +39,6 @@ from training.experiment import parse_experiment  # noqa: E402
 from training.runs import load_run  # noqa: E402
 from training.trainer import train  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 MARK = "<!-- sr-foundation-results -->"
 
 # per dataset: the domain feature, the cold-start value, the share of its train rows fine-tuning sees, the model
@@ -233,17 +232,9 @@ def _cold_order(k: str) -> int:
 
 
 def write_card(text: str, command: str) -> None:
-    card = ROOT / "seeds" / "papers" / "sr_foundation.md"
-    body = card.read_text()
-    block = f"{MARK}\n`{command}`\n\n{text}\n{MARK}"
-    if body.count(MARK) == 2:
-        head, _, rest = body.partition(MARK)
-        body = head + block + rest.partition(MARK)[2]
-    else:
-        body = body.rstrip() + "\n\n## Benchmark (benchmarks/sr_foundation.py)\n\n" + block + "\n"
-    tmp = card.with_suffix(".tmp")
-    tmp.write_text(body)
-    os.replace(tmp, card)
+    from cards import write_block
+
+    write_block("sr_foundation.md", MARK, f"`{command}`", text, heading="## Benchmark (benchmarks/sr_foundation.py)")
 
 
 def main() -> int:

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._tf import keras, tf
 from ..features.spec import SequenceFeature
 from ..features.text_encoders import CLS_ENCODERS
 from ..inputs import FeatureEmbeddings, at_level, build_inputs

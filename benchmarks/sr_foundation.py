@@ -8,8 +8,8 @@ Per dataset (DATASETS below: its cold-start domain, the query features, epochs) 
 resumes where it stopped):
 * multi-domain: pretrained on every domain but the cold-start one (`rows: {drop: ...}`), AUC / GAUC per domain and
   task on the test split, and their unweighted mean. Rows: sr_foundation (domain gating, LLM text, JS) and its
-  ablations (mean gating, [CLS] gating, no text, random text vectors, MMD, no divergence); the baselines MMoE, Shared-Bottom, PLE,
-  STAR, one DNN over all domains, and one DNN per domain (each trained and tested on its own domain's rows).
+  ablations (mean gating, [CLS] gating, no text, random text vectors, MMD, no divergence); the baselines MMoE,
+  Shared-Bottom, PLE, STAR, one DNN over all domains, and one DNN per domain (each trained and tested on its own domain's rows).
 * cold start: the cold-start domain's test split, whole, after (a) a DNN and an sr_foundation trained from scratch
   on its small train share, (b) the pretrained sr_foundation as it is (no fine-tuning; the domain's embedding and
   map set from the trained domains' mean), (c) sr_foundation fine-tuned on the share with freeze_level 0 (nothing
@@ -33,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from tfrec_zoo.data.builders.movielens_domains import DOMAIN_NAMES  # noqa: E402
 from training.datasets import experiment_data  # noqa: E402
 from training.evaluation import domain_mean, evaluate_split, trained_tasks  # noqa: E402
 from training.experiment import parse_experiment  # noqa: E402
@@ -46,6 +47,7 @@ MARK = "<!-- sr-foundation-results -->"
 DATASETS = {
     "ml-latest-small-domains": {
         "domain": "domain", "cold": 0, "share": 0.1, "sr_params": {"query_features": ["query"]},
+        "names": dict(enumerate(DOMAIN_NAMES)),    # the domain ids' genre groups
         "epochs": 2, "batch_size": 1024, "finetune_epochs": 3, "finetune_batch_size": 256},
     "amazon-search-multidomain": {
         "domain": "domain", "cold": "electronics", "share": 0.1, "sr_params": {"query_features": ["query_id", "query"]},
@@ -194,8 +196,8 @@ def tables(results: dict) -> str:
         tasks = sorted({t for r in runs for k in ordered for t in r["multi_domain"].get(k, {}).get("mean", {})})
         for task in tasks:
             out += [f"**{dataset}, multi-domain, task `{task}`** (test AUC per domain; mean over domains; "
-                    f"{len(runs)} seed(s): mean (min-max); cold-start domain {cfg['cold']!r} left out)", "",
-                    "| model | " + " | ".join(f"AUC {d}" for d in domains) + " | mean AUC | mean GAUC |",
+                    f"{len(runs)} seed(s): mean (min-max); cold-start domain {_name(cfg, cfg['cold'])!r} left out)", "",
+                    "| model | " + " | ".join(f"AUC {_name(cfg, d)}" for d in domains) + " | mean AUC | mean GAUC |",
                     "|---|" + "---|" * (len(domains) + 2)]
             for k in ordered:
                 def get(d, metric):
@@ -205,7 +207,8 @@ def tables(results: dict) -> str:
             out.append("")
         cold_keys = sorted({k for r in runs for k in r["cold_start"]}, key=_cold_order)
         for task in tasks:
-            out += [f"**{dataset}, cold-start domain {cfg['cold']!r}, task `{task}`** (its whole test split; "
+            cold = _name(cfg, cfg["cold"])
+            out += [f"**{dataset}, cold-start domain {cold!r}, task `{task}`** (its whole test split; "
                     f"fine-tuning on {cfg['share']:.0%} of its train rows)", "",
                     "| model | AUC | GAUC |", "|---|---|---|"]
             for k in cold_keys:
@@ -216,8 +219,14 @@ def tables(results: dict) -> str:
     return "\n".join(out)
 
 
+def _name(cfg: dict, value) -> str:
+    names = cfg.get("names", {})
+    return str(names.get(int(value), value)) if str(value).isdigit() else str(value)
+
+
 COLD_LABELS = {"scratch_dnn": "(a) DNN trained on the share only", "scratch_sr_foundation":
-               "(a) sr_foundation trained on the share only", "no_finetune": "(b) pretrained sr_foundation, no fine-tuning",
+               "(a) sr_foundation trained on the share only",
+               "no_finetune": "(b) pretrained sr_foundation, no fine-tuning",
                "finetune_freeze0": "(c) sr_foundation fine-tuned, nothing frozen",
                "finetune_freeze1": "(c) sr_foundation fine-tuned, L0 frozen (freeze_level 1)",
                "finetune_freeze2": "(c) sr_foundation fine-tuned, L0+L1 frozen (freeze_level 2)",

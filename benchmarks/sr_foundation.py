@@ -9,7 +9,8 @@ resumes where it stopped):
 * multi-domain: pretrained on every domain but the cold-start one (`rows: {drop: ...}`), AUC / GAUC per domain and
   task on the test split, and their unweighted mean. Rows: sr_foundation (domain gating, LLM text, JS) and its
   ablations (mean gating, [CLS] gating, no text, random text vectors, MMD, no divergence); the baselines MMoE,
-  Shared-Bottom, PLE, STAR, one DNN over all domains, and one DNN per domain (each trained and tested on its own domain's rows).
+  Shared-Bottom, PLE, STAR, one DNN over all domains, and one DNN per domain (each trained and tested on its own
+  domain's rows).
 * cold start: the cold-start domain's test split, whole, after (a) a DNN and an sr_foundation trained from scratch
   on its small train share, (b) the pretrained sr_foundation as it is (no fine-tuning; the domain's embedding and
   map set from the trained domains' mean), (c) sr_foundation fine-tuned on the share with freeze_level 0 (nothing

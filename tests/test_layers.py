@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from tfrec_zoo._tf import keras, tf
-from tfrec_zoo.layers import (attention, divergence, domain_select, feature_layers, interaction, lifelong, multidomain,
-                              quantization)
+from tfrec_zoo.layers import (attention, divergence, domain_select, feature_layers, interaction, lifelong,
+                              multi_interest, multidomain, quantization)
 from tfrec_zoo.layers.attention import TargetAttention
 from tfrec_zoo.layers.feature_layers import (DenseTransform, FrozenTable, LengthMask, MaskedPooling, PoolSteps,
                                              ValidSteps)
@@ -26,11 +26,13 @@ from tfrec_zoo.layers.lifelong import (GSUScores, ModalityGate, ModalityTables, 
                                        PairFusion, QueryDropout)
 from tfrec_zoo.layers.divergence import DomainDivergence
 from tfrec_zoo.layers.domain_select import DomainSelect
+from tfrec_zoo.layers.multi_interest import AdaptiveInterestSelection, CapsuleInterests, SelfAttentiveInterests
 from tfrec_zoo.layers.multidomain import (PLE, AspectGatingFusion, DomainLinearMaps, DomainRowCounter,
                                           RandomTextVectors, STARTopology)
 from tfrec_zoo.layers.quantization import PQScores, SimHash
 
-LAYER_MODULES = (attention, divergence, domain_select, feature_layers, interaction, lifelong, multidomain, quantization)
+LAYER_MODULES = (attention, divergence, domain_select, feature_layers, interaction, lifelong, multi_interest,
+                 multidomain, quantization)
 SEED = 123
 
 
@@ -246,6 +248,28 @@ def _random_text_vectors():
                 {"table_rows": 64, "seed": 4})
 
 
+_HISTORY_MASK = tf.constant([[True, True, True, False], [True, False, True, True], [False] * 4])
+
+
+def _self_attentive_interests():
+    return Case(SelfAttentiveInterests(num_interests=3, hidden_units=5, name="sai"),
+                [_f32(_rng(23), 3, 4, 6), _HISTORY_MASK], {"num_interests": 3, "hidden_units": 5})
+
+
+def _capsule_interests():
+    return Case(CapsuleInterests(num_interests=3, iterations=2, units=5, seed=7, name="ci"),
+                [_f32(_rng(24), 3, 4, 6), _HISTORY_MASK], {"num_interests": 3, "iterations": 2, "units": 5, "seed": 7})
+
+
+def _adaptive_interest_selection():
+    def check(layer, out):          # inference: a hard, non-increasing 0/1 mask with slot 0 always on
+        m = out.numpy()
+        assert set(np.unique(m)) <= {0.0, 1.0} and (m[:, 0] == 1).all() and (np.diff(m, axis=1) <= 0).all()
+    return Case(AdaptiveInterestSelection(max_interests=4, hidden_units=(6, 5), temperature=0.5, name="ais"),
+                _f32(_rng(25), 5, 3), {"max_interests": 4, "hidden_units": [6, 5], "temperature": 0.5},
+                {"training": False}, check=check)
+
+
 CASES = {
     "AspectGatingFusion-mean": _agf("mean"), "AspectGatingFusion-domain": _agf("domain"),
     "DomainLinearMaps": _domain_linear_maps, "PLE": _ple, "STARTopology": _star,
@@ -259,6 +283,8 @@ CASES = {
     "MultiHeadTargetAttention": _mhta, "MultiHeadTargetAttention-pq": _mhta_pq,
     "NonEmpty-str": _non_empty("str"), "NonEmpty-int": _non_empty("int"), "QueryDropout": _query_dropout,
     "PQScores": _pq_scores, "SimHash": _simhash,
+    "SelfAttentiveInterests": _self_attentive_interests, "CapsuleInterests": _capsule_interests,
+    "AdaptiveInterestSelection": _adaptive_interest_selection,
 }
 # ModalityTables holds references to the model's own (shared) Embedding layers, which a config cannot carry:
 # tested separately below (config + those references rebuild it; SavedModel serving).

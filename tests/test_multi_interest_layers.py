@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tfrec_zoo._tf import tf
+from tfrec_zoo._tf import keras, tf
 from tfrec_zoo.layers.multi_interest import (NEG, AdaptiveInterestSelection, CapsuleInterests, SelfAttentiveInterests,
                                              collision_mask, mask_collisions, multi_interest_scores, nearest_prototype,
                                              prototype_contrastive_loss)
@@ -323,3 +323,20 @@ def test_only_colliding_negatives_give_a_finite_loss():
     assert loss[1] == pytest.approx(np.log(np.exp(row1).sum()) - row1[0], rel=1e-5)
     g = tape.gradient(per_row, neg_logits).numpy()
     assert np.isfinite(g).all() and (g[0] == 0).all() and (g[1] > 0).all()
+
+
+def test_layers_run_in_a_functional_model_with_unknown_length():
+    # the history length is only known at run time (tf.shape), as in a model's serving signature
+    h_in, m_in = keras.Input((None, 4)), keras.Input((None,), dtype=tf.bool)
+    x_in = keras.Input((3,))
+    sa = SelfAttentiveInterests(num_interests=2)([h_in, m_in])
+    caps = CapsuleInterests(num_interests=2, iterations=2)([h_in, m_in])
+    mask = AdaptiveInterestSelection(max_interests=2)(x_in)
+    model = keras.Model([h_in, m_in, x_in], [sa, caps, mask])
+    h, m = _history(26)
+    x = _f32(_rng(27), 3, 3)
+    eager = [t.numpy() for t in model([h, m, x])]
+    traced = [t.numpy() for t in tf.function(model)([h, m, x])]
+    assert [t.shape for t in eager] == [(3, 2, 4), (3, 2, 4), (3, 2)]
+    for a, b in zip(eager, traced):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)     # graph vs eager: round-off only

@@ -54,7 +54,7 @@ DATASETS = {
         "domain": "domain", "cold": "electronics", "share": 0.1, "sr_params": {"query_features": ["query_id", "query"]},
         "epochs": 1, "batch_size": 1024, "finetune_epochs": 3, "finetune_batch_size": 256},
 }
-SR = {"units": 32, "num_experts": 4, "expert_units": [128, 64], "tower_units": [64]}
+SR = {"units": 128, "num_experts": 4, "expert_units": [128, 64], "tower_units": [64]}
 # multi-domain rows: name -> (model, params, losses)
 PRETRAINED = {
     "sr_domain_js": ("sr_foundation", {"gating": "domain", "text": "llm", "divergence": "js"}, {"divergence": 0.1}),

@@ -101,6 +101,32 @@ def test_capsules_match_numpy():
     assert (np.linalg.norm(got[:2], axis=-1) < 1).all()                # squashed
 
 
+def _np_capsules_per_interest(h, mask, maps, iterations):
+    u_hat = np.einsum("bld,kdu->blku", h.astype(np.float64), maps)                          # [B, L, K, U]
+    logits = np.zeros(u_hat.shape[:3])                                                      # ComiRec-DR: zeros
+    for _ in range(iterations):
+        w = _softmax(logits, axis=-1) * mask[:, :, None]
+        caps = _np_squash(np.einsum("blk,blku->bku", w, u_hat))
+        logits = logits + np.einsum("blku,bku->blk", u_hat, caps)
+    return caps
+
+
+def test_per_interest_capsules_match_numpy():
+    h, mask = _history(7)
+    layer = CapsuleInterests(num_interests=3, iterations=3, units=5, maps="per_interest")
+    layer([h, mask])
+    _randomise(layer)
+    assert layer.bilinear.shape == (3, 4, 5)
+    np.testing.assert_array_equal(layer.initial_logits(5).numpy(), np.zeros((5, 3)))
+    got = layer([h, mask]).numpy()
+    np.testing.assert_allclose(got, _np_capsules_per_interest(h, mask, layer.get_weights()[0], 3), rtol=1e-4,
+                               atol=1e-6)
+    assert np.abs(got[0, 0] - got[0, 1]).max() > 1e-4                  # the maps alone make the capsules differ
+    assert np.abs(got[2]).max() == 0                                   # no valid step: zero capsules
+    with pytest.raises(ValueError, match="maps must be 'shared'"):
+        CapsuleInterests(num_interests=2, maps="per_step")
+
+
 def test_capsule_initial_logits_fixed_and_asymmetric():
     a = CapsuleInterests(num_interests=4, seed=5).initial_logits(6).numpy()
     b = CapsuleInterests(num_interests=4, seed=5).initial_logits(6).numpy()

@@ -127,6 +127,28 @@ def early_stopping_callbacks(exp: Experiment, model, data: DatasetDir, run_dir: 
                                    min_delta=float(es.get("min_delta", 0.0)))]
 
 
+class EpochStartHook(keras.callbacks.Callback):
+    """Calls the model's `on_epoch_start(epoch, corpus)` before every epoch (the protocol's hook, e.g. k-means
+    prototypes); `corpus()` computes the item tower's vectors over the dataset's corpus only when the model asks."""
+
+    def __init__(self, data: DatasetDir, log=print):
+        super().__init__()
+        self.data, self.log = data, log
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from .retrieval import corpus_vectors
+
+        said = self.model.on_epoch_start(epoch, lambda: corpus_vectors(self.model, self.data))
+        if said:
+            self.log(f"epoch {epoch + 1} start: " + ", ".join(f"{k} {v}" for k, v in said.items()))
+
+
+def wants_epoch_start(model) -> bool:
+    from tfrec_zoo.models.base import ZooModel
+
+    return type(model).on_epoch_start is not ZooModel.on_epoch_start
+
+
 def fit(model, exp: Experiment, data: DatasetDir, *, callbacks: list = (), strategy=None, verbose: int = 2,
         log=print, initial_epoch: int = 0, drop_remainder: bool = False):
     """model.fit on the experiment's train split (valid split for validation), under `strategy`."""
@@ -138,6 +160,8 @@ def fit(model, exp: Experiment, data: DatasetDir, *, callbacks: list = (), strat
     valid_data = data.dataset("valid", max(exp.batch_size, 4096), features=features) if has_valid else None
     # multi-worker input (MWMS auto-shard policy; PS DatasetCreators + fixed epoch length); a no-op otherwise
     train_data, valid_data, steps, valid_steps = fit_inputs(strategy, exp, data, train_data, valid_data, log)
+    if wants_epoch_start(model):
+        callbacks = [EpochStartHook(data, log), *callbacks]
     return model.fit(train_data, epochs=exp.epochs, steps_per_epoch=steps, validation_data=valid_data,
                      validation_steps=valid_steps, callbacks=list(callbacks), verbose=verbose,
                      initial_epoch=initial_epoch)

@@ -66,6 +66,15 @@ def collect_item_features(data, model, splits: Sequence[str] = ("train",)) -> tu
     return uniq, {k: v[idx] for k, v in cols.items() if k != model.item_key}
 
 
+def corpus_vectors(model, data) -> tuple[np.ndarray, np.ndarray]:
+    """(item ids, item vectors) of the retrieval corpus: the item vocabulary through the item tower, or the train
+    split's items with their features when the tower reads more than the id."""
+    item_ids = item_features = None
+    if len(model.item_inputs) > 1:
+        item_ids, item_features = collect_item_features(data, model)
+    return item_embeddings(model, data.artifacts, item_ids=item_ids, item_features=item_features)
+
+
 # -- evaluation --------------------------------------------------------------------------------------------------------
 def read_columns(data, splits: Sequence[str] | str, features: Iterable[str], batch_size: int = 8192,
                  with_labels: bool = False, cache: dict | None = None) -> dict:

@@ -42,10 +42,11 @@ class SelfAttentiveInterests(keras.layers.Layer):
         A = softmax_L(W2 tanh(W1 H^T + b1))     [B, K, L]; padded steps get logit -1e9, then A * mask
         V = A H                                  [B, K, d]
 
-    Inputs: (H [B, L, d], mask [B, L] bool). W1 [d_a, d], b1 [d_a], W2 [K, d_a]; d_a = hidden_units, default 4 d
-    (the reference code's `hidden_size * 4`). b1 is in the reference code though not in the paper's formula; a bias
-    b2 would be constant along L and cancel in the softmax, so there is none. The reference code's learned position
-    embeddings are the model's business (add them to H). A row without a valid step has all logits -1e9: its
+    Inputs: (H [B, L, d], mask [B, L] bool[, keys [B, L, d]]): the optional keys replace H inside the attention
+    logits only (the reference code attends over H + learned position embeddings, which the model makes, and reads
+    out H). W1 [d_a, d], b1 [d_a], W2 [K, d_a]; d_a = hidden_units, default 4 d (the reference code's
+    `hidden_size * 4`). b1 is in the reference code though not in the paper's formula; a bias b2 would be constant
+    along L and cancel in the softmax, so there is none. A row without a valid step has all logits -1e9: its
     softmax is uniform and finite, and `* mask` makes V = 0 (and its gradient 0).
     """
 
@@ -63,9 +64,10 @@ class SelfAttentiveInterests(keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs):
-        h, mask = inputs
+        h, mask = inputs[0], inputs[1]
+        keys = inputs[2] if len(inputs) > 2 else h          # e.g. H + position embeddings: they steer, H is read
         valid = tf.cast(mask, tf.bool)[:, None, :]                                          # [B, 1, L]
-        logits = tf.einsum("bla,ak->bkl", tf.tanh(tf.einsum("bld,da->bla", h, self.w1) + self.b1), self.w2)
+        logits = tf.einsum("bla,ak->bkl", tf.tanh(tf.einsum("bld,da->bla", keys, self.w1) + self.b1), self.w2)
         attention = tf.nn.softmax(tf.where(valid, logits, NEG), axis=-1) * tf.cast(valid, h.dtype)
         return tf.matmul(attention, h)
 
@@ -92,41 +94,56 @@ class CapsuleInterests(keras.layers.Layer):
     ComiRec code, the rounds before the last see stop_gradient(u^): gradients flow through the last round only.
     An empty history gives w = 0 and u = squash(0) = 0 (the 1e-9 inside the root keeps its gradient finite).
     MIND's relu projection after routing and its label-aware attention belong to the model.
+
+    maps="per_interest" is ComiRec-DR's variant: one map S_j per interest (u^_{j|i} = S_j e_i, the logits update
+    with u_j . u^_{j|i}) and zero initial logits (the maps already differ). [simplified] The ComiRec code has a map
+    per position and interest (`bilinear_type=2`); one per interest keeps the layer independent of L.
     """
 
-    def __init__(self, num_interests: int, iterations: int = 3, units: int | None = None, seed: int = 0, **kwargs):
+    def __init__(self, num_interests: int, iterations: int = 3, units: int | None = None, seed: int = 0,
+                 maps: str = "shared", **kwargs):
         super().__init__(**kwargs)
         _at_least_one("CapsuleInterests", num_interests=num_interests, iterations=iterations)
+        if maps not in ("shared", "per_interest"):
+            raise ValueError(f"CapsuleInterests: maps must be 'shared' (MIND) or 'per_interest' (ComiRec-DR), "
+                             f"got {maps!r}")
         self.num_interests, self.iterations = int(num_interests), int(iterations)
-        self.units, self.seed = None if units is None else int(units), int(seed)
+        self.units, self.seed, self.maps = None if units is None else int(units), int(seed), maps
 
     def build(self, input_shape):
         d = int(input_shape[0][-1])
         self.units = self.units or d
-        self.bilinear = self.add_weight("bilinear", [d, self.units], initializer="glorot_uniform")
+        shape = [d, self.units] if self.maps == "shared" else [self.num_interests, d, self.units]
+        self.bilinear = self.add_weight("bilinear", shape, initializer="glorot_uniform")
         super().build(input_shape)
 
     def initial_logits(self, length) -> tf.Tensor:
         """b_ij before routing: [length, K], the same at every call."""
-        return tf.random.stateless_truncated_normal(tf.stack([length, self.num_interests]), seed=[self.seed, 0])
+        shape = tf.stack([length, self.num_interests])
+        if self.maps == "per_interest":
+            return tf.zeros(shape)
+        return tf.random.stateless_truncated_normal(shape, seed=[self.seed, 0])
 
     def call(self, inputs):
         h, mask = inputs
-        u_hat = tf.einsum("bld,du->blu", h, self.bilinear)                                   # [B, L, units]
+        if self.maps == "shared":
+            u_hat = tf.einsum("bld,du->blu", h, self.bilinear)[:, :, None, :]                # [B, L, 1, units]
+        else:
+            u_hat = tf.einsum("bld,kdu->blku", h, self.bilinear)                             # [B, L, K, units]
         u_fixed = tf.stop_gradient(u_hat)
         valid = tf.cast(mask, u_hat.dtype)[:, :, None]                                       # [B, L, 1]
         logits = tf.cast(self.initial_logits(tf.shape(h)[1]), u_hat.dtype)[None]            # [1, L, K]
         for r in range(self.iterations):
             weights = tf.nn.softmax(logits, axis=-1) * valid                                 # [B, L, K]
             last = r == self.iterations - 1
-            capsules = _squash(tf.einsum("blk,blu->bku", weights, u_hat if last else u_fixed))
+            capsules = _squash(tf.reduce_sum(weights[..., None] * (u_hat if last else u_fixed), axis=1))
             if not last:
-                logits = logits + tf.einsum("blu,bku->blk", u_fixed, capsules)
+                logits = logits + tf.reduce_sum(u_fixed * capsules[:, None], axis=-1)
         return capsules
 
     def get_config(self):
         return {**super().get_config(), "num_interests": self.num_interests, "iterations": self.iterations,
-                "units": self.units, "seed": self.seed}
+                "units": self.units, "seed": self.seed, "maps": self.maps}
 
 
 @keras.utils.register_keras_serializable(package="tfrec_zoo")
@@ -253,3 +270,48 @@ def mask_collisions(logits, collision) -> tf.Tensor:
     0]: exp() makes them exactly 0 in a softmax, so they are no longer negatives and get no gradient. A row whose
     every negative collides keeps only its positive's term: its cross-entropy is 0, finite."""
     return tf.where(tf.cast(collision, tf.bool), tf.constant(NEG, logits.dtype), logits)
+
+
+def kmeans(vectors, k: int, *, iterations: int = 10, seed: int = 0, spherical: bool = True):
+    """(centroids [k, d] float32, assignments [N] int32): Lloyd's k-means with k-means++ seeding, in numpy.
+
+    spherical=True clusters by cosine (unit-norm centroids; the vectors are normalised first), what a model whose
+    item vectors are unit-norm needs. A cluster left empty takes the vector farthest from its centroid, so there
+    are always k distinct centroids. N < k is an error (the caller checks it at build time with the corpus size).
+    """
+    import numpy as np
+
+    x = np.asarray(vectors, np.float64)
+    n = len(x)
+    if k < 1 or n < k:
+        raise ValueError(f"kmeans: need 1 <= k <= number of vectors, got k={k} for {n} vectors")
+    if spherical:
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    rng = np.random.default_rng(seed)
+    sq = (x * x).sum(1)
+
+    def dist2(c):                       # [N, k] squared distances, without materialising [N, k, d]
+        return np.maximum(sq[:, None] - 2 * x @ c.T + (c * c).sum(1)[None], 0.0)
+
+    centroids = [x[rng.integers(n)]]
+    closest = dist2(np.asarray(centroids))[:, 0]
+    for _ in range(1, k):
+        p = closest / closest.sum() if closest.sum() > 0 else None
+        centroids.append(x[rng.choice(n, p=p)])
+        closest = np.minimum(closest, dist2(centroids[-1][None])[:, 0])
+    c = np.asarray(centroids)
+    for _ in range(iterations):
+        d = dist2(c)
+        assign = d.argmin(1)
+        counts = np.bincount(assign, minlength=k)
+        sums = np.zeros_like(c)
+        np.add.at(sums, assign, x)
+        c = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], c)
+        for j in np.flatnonzero(counts == 0):
+            far = int(d[np.arange(n), assign].argmax())
+            c[j], assign[far] = x[far], j
+            d[far] = 0.0
+        if spherical:
+            c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+    assign = dist2(c).argmin(1)
+    return c.astype(np.float32), assign.astype(np.int32)

@@ -12,6 +12,10 @@ auxiliary losses) and declares
     score_model(task)          a model whose output orders candidates (the task's logit: sigmoids saturate)
     ignored_features           spec inputs the model does not read (said when it is built, and in summary.md)
     loss_names                 every loss it logs: `<task>_loss` per task and `<name>_loss` per auxiliary loss
+    on_epoch_start(epoch, corpus)
+                               called by the platform before every epoch with `corpus() -> (item ids, item
+                               vectors)` (computed only when called): e.g. k-means prototypes re-clustered over
+                               the item tower's vectors; returns {name: value} to log ({} when it did nothing)
     fill_unseen_rows()         sets weights no training example reached (a domain first seen at fine-tuning, the
                                OOV row of an unknown domain) from trained ones; the platform calls it after a
                                restore and after training, and logs what it returns
@@ -110,6 +114,10 @@ class ZooModel(tfrs.models.Model):
             logit = self._logits.get(task)
             self._score_models[task] = keras.Model(self.inputs, logit) if logit is not None else None
         return self._score_models[task]
+
+    def on_epoch_start(self, epoch: int, corpus) -> dict[str, Any]:
+        """Work the model does between epochs over the whole item corpus (see the module docstring); {} here."""
+        return {}
 
     def fill_unseen_rows(self) -> dict[str, Any]:
         """Set per-row weights that no training example reached to a defined fallback; {what: [rows]} of what was

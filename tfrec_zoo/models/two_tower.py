@@ -228,3 +228,16 @@ class TwoTowerModel(ZooModel):
 def two_tower(spec, artifacts, cfg: TwoTowerConfig):
     """Two-tower (DSSM) retrieval: query and item towers, in-batch softmax (optional logQ correction)."""
     return TwoTowerModel(spec, artifacts, cfg)
+
+
+@dataclass(frozen=True)
+class YouTubeDNNConfig(TwoTowerConfig):
+    query_units: tuple = (256, 128)     # the paper's ReLU tower over the averaged watch history
+    item_units: tuple = ()              # items are an embedding table (the softmax weights), no tower
+
+
+@register_model("youtube_dnn", YouTubeDNNConfig)
+def youtube_dnn(spec, artifacts, cfg: YouTubeDNNConfig):
+    """YouTube DNN (Covington et al., RecSys 2016): mean-pooled history (+ user features) -> ReLU tower, items a
+    table. Set `query_features` on specs whose other columns describe the target (see the module caution)."""
+    return TwoTowerModel(spec, artifacts, cfg)

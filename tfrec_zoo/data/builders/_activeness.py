@@ -12,7 +12,7 @@ gets the same values; a user without train interactions gets 0 for each.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

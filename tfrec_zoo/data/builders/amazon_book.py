@@ -11,6 +11,8 @@ negatives written (in-batch / full-corpus negatives are the model's business).
   before p, wrapping around the end of the list, so every other train item when the user has <= 51 and different
   windows of a long list otherwise. Valid rows see the last 50 train items, test rows the last 50 of train + valid
   items. Test items are in no history, valid items in no train history.
+* `user_activity` (every row of a user, every split): the user's number of train rows, so valid and test items are
+  never counted (see `_activeness`). No timestamps and no categories, so no recency or spread.
 Everything is numpy: 846k rows take a few seconds here; writing the TFRecords dominates the build.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pandas as pd
 from ...features.spec import FeatureSpec
 from ...paths import shared_datasets_dir
 from . import Built, register
+from ._activeness import activeness_table, with_activeness
 from ._sampling import read_user_lines, rng_for
 
 SEED = 2019  # KGAT's year; recorded in the manifest
@@ -97,7 +100,10 @@ def build_amazon_book(spec: FeatureSpec, raw_dir: Path | None, *, max_users: int
         u, i = divmod(int(overlap[0]), 1 << 32)
         raise ValueError(f"{raw}: user {u} has item {i} in both train.txt and test.txt")
 
-    splits = {"train": train, "valid": valid, "test": test}
+    # activeness (train split only; no timestamps and no categories here, so only user_activity)
+    active = activeness_table(t_user)
+    splits = {name: with_activeness(df, "user_id", active) for name, df in
+              {"train": train, "valid": valid, "test": test}.items()}
     for df in splits.values():
         df["click"] = np.float32(1.0)
     return Built(splits, source=str(raw), extra={
@@ -106,5 +112,6 @@ def build_amazon_book(spec: FeatureSpec, raw_dir: Path | None, *, max_users: int
         "history": "no timestamps: the user's other train items in file order, the 50 before the row's item "
                    "cyclically (valid: last 50 train items; test: last 50 of train + valid)",
         "negative_sampler": "none: positives only, for in-batch / full-corpus retrieval",
+        "activeness": "user_activity = the user's number of train rows (valid/test rows not counted), on every row",
         "seed": seed, "max_users": max_users,
     })

@@ -12,6 +12,9 @@ Foursquare_3 (5,000 / 8,000) and Gowalla_3 (1,000 / 24,209). Only Yelp has POI c
   and the Yelp spec has no `hour` (it would be constant).
   `cell`: the POI's 0.01-degree grid cell (about 1.1 km north-south) as 'row_col'. `distance_km`: haversine distance
   from the user's previous check-in (in any earlier split; 0 for the first), normalised in-graph with log1p.
+* Activeness, from the user's train check-ins only (never a negative or a valid/test check-in), the same on every
+  row of the user: `user_activity` (how many), `user_spread` (distinct `cell`s), `user_recency` (days from the
+  user's last train check-in to the latest train check-in of anyone).
 * History: the user's earlier POIs (and their cells), most recent 100, never one of a later split (`attach_histories`).
 * Negatives, one per positive, sampler `nearby-matched` (seed 0): another check-in row in the same split and the same
   0.1-degree cell (about 11 km) whose POI the user never visited; the negative takes that POI (its id, cell,
@@ -32,6 +35,7 @@ from ...features.spec import FeatureSpec
 from ...paths import shared_datasets_dir
 from ..interactions import assign_splits, attach_histories, chronological, split_frames
 from . import Built, register
+from ._activeness import activeness_table, with_activeness
 from ._context import (
     grid_key, grid_label, haversine_km, interleave_negatives, read_rows, sample_matched_rows, uniform_items, unseen_rate,
 )
@@ -131,6 +135,13 @@ def negatives_for(log: pd.DataFrame, ranks: np.ndarray, seed: int) -> tuple[pd.D
     return neg, {"same_0.1deg_cell": int(counts[0]), "same_1deg_cell": int(counts[1]), "split_popular": int(counts[2])}
 
 
+def train_activeness(log: pd.DataFrame, ranks: np.ndarray) -> pd.DataFrame:
+    """Per user, from the train check-ins (positives) only: how many, distinct 0.01-degree cells, days since the last."""
+    train = log[ranks == 0]
+    return activeness_table(train["user_id"].to_numpy(), categories=train["cell"].to_numpy(),
+                            times=train["timestamp"].to_numpy())
+
+
 def build_lbsn(name: str, spec: FeatureSpec, raw_dir: Path | None, *, max_users: int | None = None,
                seed: int = SEED) -> Built:
     """Build one subset; `raw_dir` is the subset's own folder (e.g. .../Yelp/Yelp_3)."""
@@ -143,6 +154,7 @@ def build_lbsn(name: str, spec: FeatureSpec, raw_dir: Path | None, *, max_users:
     log["checkin"] = 1.0
     ranks = assign_splits(log, "user_id", "time", valid_frac=VALID_FRAC, test_frac=TEST_FRAC)
     log = attach_histories(log, spec, "user_id", ranks)
+    log = with_activeness(log, "user_id", train_activeness(log, ranks))  # before negatives: they copy the user's
     neg, levels = negatives_for(log, ranks, seed)
     known = set(log.loc[ranks == 0, "poi_id"].tolist())
     test = ranks == 2
@@ -161,6 +173,8 @@ def build_lbsn(name: str, spec: FeatureSpec, raw_dir: Path | None, *, max_users:
                                                                  "midnight at UTC+8)" if sub.shift_hours else ""),
         "cell": f"{CELL_DEG}-degree grid cell of the POI, 'row_col' = floor(lat/{CELL_DEG})_floor(lon/{CELL_DEG})",
         "distance_km": "haversine from the user's previous check-in; 0 for the first",
+        "activeness": "from the user's train check-ins only: user_activity (how many), user_spread (distinct "
+                      f"{CELL_DEG}-degree cells), user_recency (days from the last to the latest train check-in)",
         "duplicates_dropped": n_dup,
         "negatives": {"sampler": SAMPLER, "per_positive": 1, "seed": seed, "levels_used": levels},
         "unseen_in_train": pitfall,

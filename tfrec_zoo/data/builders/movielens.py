@@ -6,6 +6,9 @@
 * `title` -> MiniLM vector; `genres` multi-hot; `year` parsed from the title (movies without one get the median).
 * `query`: the tags the user had given this movie at or before the rating time ('' otherwise). Tags given
   after the rating are left out: they are written after the user has seen the movie and would leak the label.
+* activeness, from the user's train ratings only (every rating counts, liked or not), the same on all the user's
+  rows: `user_activity` (how many), `user_spread` (distinct genres), `user_recency` (days from the user's last train
+  rating to the latest train rating of anyone).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from ...features.spec import FeatureSpec
 from ...paths import seeds_data_dir
 from ..interactions import assign_splits, attach_histories, chronological, split_frames
 from . import Built, register
+from ._activeness import activeness_table, with_activeness
 
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
 
@@ -74,6 +78,11 @@ def build_ml_latest_small(spec: FeatureSpec, raw_dir: Path | None, *, max_users:
     log = chronological(log, "user_id", "timestamp")
     ranks = assign_splits(log, "user_id", "time", valid_frac=0.1, test_frac=0.1)
     log = attach_histories(log, spec, "user_id", ranks)
+    train = log[ranks == 0]
+    log = with_activeness(log, "user_id", activeness_table(
+        train["user_id"].to_numpy(), categories=train["genres"], times=train["timestamp"].to_numpy()))
     return Built(split_frames(log, ranks), source=str(raw),
                  extra={"split": "per-user time, last 10% test, previous 10% valid", "label": "rating >= 4",
+                        "activeness": "from the user's train ratings only (any rating is an interaction): count, "
+                                      "distinct genres, days from the last one to the latest train rating overall",
                         "max_users": max_users})

@@ -12,6 +12,9 @@ S3-Rec / SASRec one:
   valid item) with `eval_negatives`: 99 distinct items the user never interacted with, drawn uniformly. Valid and
   test draw independently. Train rows carry an empty `eval_negatives`.
 * `item_attrs`: the target item's attribute ids (Amazon: categories + brand; Yelp: business categories).
+* activeness, the same on every row of a user (negatives and valid/test too): `user_activity` = the number of the
+  user's train items (the sequence without its last two; position 0 counts though it has no row of its own; sampled
+  negatives never count), `user_spread` = distinct attribute ids among them. No timestamps, so no recency.
 
 Histories are strict prefixes of the user's sequence, so no valid/test interaction is ever in a train history and
 no test interaction in a valid history. Yelp sequences repeat items (revisits): an earlier visit of the test item
@@ -29,6 +32,7 @@ from ...features.spec import FeatureSpec
 from ...paths import shared_datasets_dir
 from ..interactions import assign_splits, attach_histories
 from . import Built, register
+from ._activeness import activeness_table, with_activeness
 from ._sampling import SeenItems, read_user_lines, rng_for, sample_unseen
 
 SEED = 2020  # S3-Rec's year; any fixed value works, it is recorded in the manifest
@@ -71,6 +75,9 @@ def build_s3rec(spec: FeatureSpec, raw_dir: Path | None, name: str, *, max_users
     # the file is already in time order per user and users are sorted, as assign_splits/attach_histories expect
     ranks = assign_splits(log, "user_id", "leave_one_out")
     log = attach_histories(log, spec, "user_id", ranks, sequences=[spec["history"]])
+    train_items = log.loc[ranks == 0, "item_id"].to_numpy()  # position 0 included: an interaction without a row
+    log = with_activeness(log, "user_id", activeness_table(
+        log.loc[ranks == 0, "user_id"].to_numpy(), categories=[attrs.get(int(i), []) for i in train_items]))
     log["click"] = np.float32(1.0)
 
     user_idx = np.repeat(np.arange(len(lines.users)), lens)
@@ -99,6 +106,8 @@ def build_s3rec(spec: FeatureSpec, raw_dir: Path | None, name: str, *, max_users
                             "drawn independently for valid and test",
         "seed": seed, "eval_negatives": EVAL_NEGATIVES, "max_users": max_users,
         "items_without_attributes": len(missing),
+        "activeness": "from the user's train items only (position 0 included, negatives never): user_activity = "
+                      "how many, user_spread = distinct attribute ids among them",
     })
 
 

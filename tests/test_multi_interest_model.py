@@ -208,6 +208,7 @@ def ml60(tmp_path_factory) -> Path:
 def test_trains_on_real_data_with_kmeans_prototypes_and_evaluates(ml60, capsys):
     data = open_dataset(ml60)
     params = {"history": "history", "output_dim": 16, "max_interests": 3, "prototypes": 8,
+              "activeness_features": ["user_activity", "user_spread", "user_recency"],
               "prototype_update": "kmeans"}
     model, history = fit_model("adaptive_interests_pcl", data, params, drop_remainder=True, epochs=2,
                                batch_size=128, verbose=0)
@@ -223,3 +224,23 @@ def test_trains_on_real_data_with_kmeans_prototypes_and_evaluates(ml60, capsys):
     for who in ("model", "popularity"):
         assert 0 <= report[who]["filtered"]["recall@20"] <= report[who]["filtered"]["recall@50"] <= 1
     assert report["protocol"]["users"] > 0
+    # the protocol says how many interests the users got: the serving masks' counts
+    counts = report["protocol"]["interests"]["users_with_k"]
+    assert sum(counts.values()) == report["protocol"]["users"] and set(counts) <= {"1", "2", "3"}
+
+
+@pytest.mark.parametrize("override,words", [
+    ("params.max_interests=0", "params: adaptive_interests_pcl.max_interests: must be >= 1, got 0"),
+    ("params.prototypes=100000", "params: adaptive_interests_pcl.prototypes: 100000 prototypes for"),
+])
+def test_cli_bad_config_is_one_error_line(ml60, tmp_path, capsys, override, words):
+    from training.cli import main
+
+    exp = tmp_path / "x.yaml"
+    exp.write_text((Path(__file__).parents[1] / "training" / "experiments" /
+                    "adaptive_interests_pcl-ml-latest-small.yaml").read_text().replace(
+        "dataset: ml-latest-small", f"dataset: {ml60}"))
+    assert main(["train", str(exp), "--set", override, "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {exp}: {words}") and "\n" not in err, err
+    assert not (tmp_path / "run" / "model").exists()

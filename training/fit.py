@@ -42,7 +42,9 @@ def build(exp: Experiment, data: DatasetDir):
     try:
         return build_model(exp.model, data.spec, data.artifacts, exp.params, source=f"{exp.source}: params")
     except ValueError as e:
-        raise ModelBuildError(str(e)) from None
+        # a model's own check names its config field; the experiment file is where the user fixes it
+        msg = str(e)
+        raise ModelBuildError(msg if str(exp.source) in msg else f"{exp.source}: params: {msg}") from None
 
 
 def compile_model(exp: Experiment, data: DatasetDir, model=None):

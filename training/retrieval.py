@@ -231,6 +231,10 @@ def evaluate_retrieval(model, data, *, split: str = "test", ks: Sequence[int] = 
         "relevant": f"the user's {split} items with {model.label_task} > 0",
         "relevant_outside_corpus": int(outside.sum()),
     }
+    if qvec.shape[1] > 1:   # a multi-interest query tower: how many interests its users got (k = 1 .. K)
+        counts = np.bincount(qmask.sum(1), minlength=qvec.shape[1] + 1)
+        out["protocol"]["interests"] = {"mean": float(qmask.sum(1).mean()) if n_users else 0.0,
+                                        "users_with_k": {str(k): int(c) for k, c in enumerate(counts) if c}}
     if return_lists:
         out["lists"] = {"all": top_all, "filtered": top_filt, "item_ids": item_ids, "relevant": relevant,
                         "seen_keys": seen_keys, "query_vectors": qvec[:, 0] if qvec.shape[1] == 1 else qvec, "item_vectors": vectors,

@@ -1,6 +1,12 @@
 """Top-K retrieval over item vectors: exact (brute force, TF ops only: runs on stock TF Serving) and ScaNN, as
 indexes for evaluation and as SavedModels whose `serving_default` maps a query tower's raw inputs to the top-K item
 ids and scores. ScaNN's SavedModel needs its custom ops (`import scann` before loading; a ScaNN build of TF Serving).
+
+Multi-interest query towers ({"interests": [B, K, d], "mask": [B, K]}) score an item by its best active interest.
+Both top-K exports (exact and ScaNN) answer them with the same contract: each row's top-k distinct items by that
+score; a slot with no item behind it (a row whose interests are all masked, or a ScaNN search that found fewer than
+k candidates) holds PAD_ID (-1 for integer item ids, "" for string ids) and PAD_SCORE (the lowest finite float32:
+below every real score and valid JSON, which -inf is not). A single-vector tower's exports are unchanged.
 """
 from __future__ import annotations
 
@@ -8,6 +14,9 @@ import math
 import numpy as np
 
 from ._tf import tf
+
+PAD_SCORE = float(np.finfo(np.float32).min)   # the score of a top-K slot with no item (multi-interest exports)
+PAD_INT_ID, PAD_STR_ID = -1, b""              # ... and its id, for integer / string item ids
 
 # -- query vectors: one per query, or K interests per query -------------------------------------------------------------
 def as_interests(output) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +182,18 @@ class TopKModel(tf.Module):
     def _serve(self, features):
         q = self.query_model(features, training=False)
         idx, scores = self._topk(q)
-        return {"ids": tf.gather(self.item_ids, idx), "scores": scores}
+        if not self._multi(q):       # one vector per query: every slot holds an item (as before multi-interest)
+            return {"ids": tf.gather(self.item_ids, idx), "scores": scores}
+        # -1 / -inf mark slots with no item behind them: PAD_ID and PAD_SCORE there (module docstring)
+        filled = (idx >= 0) & (scores > -np.inf)
+        pad_id = PAD_STR_ID if self.item_ids.dtype == tf.string else PAD_INT_ID
+        ids = tf.gather(self.item_ids, tf.maximum(idx, 0))
+        return {"ids": tf.where(filled, ids, tf.constant(pad_id, self.item_ids.dtype)),
+                "scores": tf.where(filled, scores, tf.constant(PAD_SCORE, scores.dtype))}
+
+    @staticmethod
+    def _multi(q) -> bool:
+        return isinstance(q, dict) or q.shape.rank != 2
 
     @staticmethod
     def _interests(q):
@@ -214,13 +234,60 @@ class _ScannTopK(TopKModel):
     def _topk(self, q):
         from scann import scann_ops
 
-        if isinstance(q, dict) or q.shape.rank != 2:
-            raise NotImplementedError("a ScaNN top-K export of a multi-interest query tower is not built; export "
-                                      "the exact top-K (NAME_topk), or search per interest offline "
-                                      "(tfrec_zoo.retrieval.search_interests)")
         handle = self.scann_state.recreate_handle()
-        res = scann_ops.scann_search_batched(handle, q, self.k, self._pre, -1, self._parallel)
-        return res.indices, res.distances
+        if not self._multi(q):
+            res = scann_ops.scann_search_batched(handle, q, self.k, self._pre, -1, self._parallel)
+            return res.indices, res.distances
+        interests, mask = self._interests(q)
+        idx, scores = self._search_interests(handle, interests, mask)
+        return merge_topk(idx, scores, self.k)
+
+    def _search_interests(self, handle, interests, mask):
+        """k per active interest: ([B, K * w] positions, scores); masked interests and missing neighbours are
+        -1 / -inf. Only the active interests are searched (a user with 1 of K interests costs one search)."""
+        from scann import scann_ops
+
+        b, n_int, d = tf.unstack(tf.shape(interests))
+        flat = tf.reshape(interests, [-1, d])
+        active = tf.where(tf.reshape(mask, [-1]))                                       # [A, 1] rows of flat
+
+        def search():
+            res = scann_ops.scann_search_batched(handle, tf.gather_nd(flat, active), self.k, self._pre, -1,
+                                                 self._parallel)
+            return res.indices, res.distances
+
+        def nothing():          # ScaNN's op refuses an empty batch (e.g. every interest masked)
+            return tf.zeros([0, self.k], tf.int32), tf.zeros([0, self.k], tf.float32)
+
+        idx, dist = tf.cond(tf.shape(active)[0] > 0, search, nothing)
+        # ScaNN pads a query with fewer than k candidates (a tree search of small leaves) with index 0 and NaN;
+        # its result is then narrower than k (w columns)
+        found = ~tf.math.is_nan(dist)
+        idx, dist = tf.where(found, idx, -1), tf.where(found, dist, -np.inf)
+        width = tf.shape(idx)[1]
+        idx = tf.tensor_scatter_nd_update(tf.fill([b * n_int, width], tf.constant(-1, idx.dtype)), active, idx)
+        dist = tf.tensor_scatter_nd_update(tf.fill([b * n_int, width], tf.constant(-np.inf, dist.dtype)), active,
+                                           dist)
+        return tf.reshape(idx, [b, n_int * width]), tf.reshape(dist, [b, n_int * width])
+
+
+def merge_topk(idx, scores, k: int):
+    """Per row, the top-k distinct positions of a [B, M] candidate list by each one's best score (TF ops): the
+    merge of per-interest top lists. -1 / -inf candidates are no candidate; a row with fewer than k distinct ones
+    is filled with -1 / -inf. Equal scores rank the lower position first, as tf.math.top_k over all items does."""
+    short = tf.maximum(k - tf.shape(idx)[1], 0)
+    idx = tf.pad(idx, [[0, 0], [0, short]], constant_values=-1)
+    scores = tf.pad(scores, [[0, 0], [0, short]], constant_values=-np.inf)
+    # best score first, then (stable) by position: each position's first copy is its best; later copies are dropped
+    order = tf.argsort(scores, axis=1, direction="DESCENDING", stable=True)
+    idx, scores = tf.gather(idx, order, batch_dims=1), tf.gather(scores, order, batch_dims=1)
+    order = tf.argsort(idx, axis=1, stable=True)
+    idx, scores = tf.gather(idx, order, batch_dims=1), tf.gather(scores, order, batch_dims=1)
+    repeat = tf.pad(tf.equal(idx[:, 1:], idx[:, :-1]), [[0, 0], [1, 0]])
+    scores = tf.where(repeat | (idx < 0), tf.constant(-np.inf, scores.dtype), scores)
+    top, at = tf.math.top_k(scores, k=k)
+    idx = tf.gather(idx, at, batch_dims=1)
+    return tf.where(top > -np.inf, idx, tf.constant(-1, idx.dtype)), top
 
 
 def brute_force_topk_model(query_model, item_ids, item_vectors, k: int = 100) -> TopKModel:

@@ -14,7 +14,8 @@ import pytest
 from tfrec_zoo._tf import keras, tf
 from tfrec_zoo.features import Artifacts, parse_spec
 from tfrec_zoo.retrieval import (
-    PAD_INT_ID, PAD_SCORE, ScannIndex, brute_force_topk_model, merge_topk, scann_topk_model,
+    PAD_INT_ID, PAD_SCORE, BruteForceIndex, ScannIndex, brute_force_topk_model, merge_topk, scann_topk_model,
+    search_interests,
 )
 from training.exporting import export_retrieval_run, fresh_process_outputs
 
@@ -131,6 +132,38 @@ def test_a_single_vector_tower_is_searched_as_before():
     pos, scores = index.search(INTERESTS[:, 0], TOP)
     np.testing.assert_array_equal(out["ids"].numpy(), ITEM_IDS[pos])
     np.testing.assert_allclose(out["scores"].numpy(), scores, atol=1e-6)
+
+
+def test_a_built_index_is_exported_with_other_search_settings():
+    user = keras.Input((), dtype="int64", name="user_id")
+    tower = keras.Model(user, keras.layers.Embedding(len(USERS), D, embeddings_initializer=keras.initializers.Constant(
+        INTERESTS[:, 0]))(user))
+    index = ScannIndex(ITEMS, TOP, num_leaves=20, num_leaves_to_search=1, reorder=TOP)
+    wide = scann_topk_model(tower, ITEM_IDS, ITEMS, TOP, index=index, num_leaves_to_search=20, reorder=N)
+    assert (wide.params["num_leaves_to_search"], wide.params["reorder"]) == (20, N)
+    one_vector = np.ones_like(MASK[:, :1])
+    np.testing.assert_array_equal(wide({"user_id": USERS})["ids"].numpy(),
+                                  _exact(INTERESTS[:, :1], one_vector)[0])          # every leaf, exact re-order
+    with pytest.raises(TypeError, match="num_leaves build an index"):
+        scann_topk_model(tower, ITEM_IDS, ITEMS, TOP, index=index, num_leaves=5)
+    with pytest.raises(ValueError, match="num_leaves_to_search=21: the index's tree has 20 leaves"):
+        scann_topk_model(tower, ITEM_IDS, ITEMS, TOP, index=index, num_leaves_to_search=21)
+
+
+def test_offline_search_queries_only_the_active_interests():
+    class Counting(BruteForceIndex):
+        searched = 0
+
+        def search(self, queries, k):
+            Counting.searched += len(queries)
+            return super().search(queries, k)
+
+    pos, scores = search_interests(Counting(ITEMS), INTERESTS, MASK > 0, TOP)
+    assert Counting.searched == int(MASK.sum())
+    want_ids, want_scores = _exact()
+    np.testing.assert_array_equal(np.where(pos >= 0, ITEM_IDS[pos], PAD_INT_ID), want_ids)
+    np.testing.assert_allclose(scores[[0, 1, 2, 3, 5]], want_scores[[0, 1, 2, 3, 5]], atol=1e-4)
+    assert np.isneginf(scores[4]).all()                 # evaluation pads with -inf (never served as JSON)
 
 
 def _record(user: int) -> bytes:

@@ -61,7 +61,14 @@ def search_interests(index, vectors: np.ndarray, mask: np.ndarray, k: int) -> tu
         ids, scores = index.search(vectors[:, 0], k)
         ids = np.where(mask[:, :1], ids, -1)
         return ids, np.where(mask[:, :1], scores, -np.inf)
-    ids, scores = index.search(vectors.reshape(n * n_int, d), k)
+    # only the valid interests are searched (a user with 1 of K costs one query); the others stay -1 / -inf
+    active = np.flatnonzero(mask.reshape(-1))
+    if not len(active):
+        return np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
+    found, found_scores = index.search(vectors.reshape(n * n_int, d)[active], k)
+    ids = np.full((n * n_int, found.shape[1]), -1, np.int64)
+    scores = np.full((n * n_int, found.shape[1]), -np.inf, np.float32)
+    ids[active], scores[active] = found, found_scores
     return merge_interest_results(ids.reshape(n, n_int, -1), scores.reshape(n, n_int, -1), mask, k)
 
 
@@ -224,11 +231,23 @@ class _BruteForceTopK(TopKModel):
 
 
 class _ScannTopK(TopKModel):
-    def __init__(self, query_model, item_ids, index: ScannIndex, k: int):
+    def __init__(self, query_model, item_ids, index: ScannIndex, k: int, *, num_leaves_to_search: int | None = None,
+                 reorder: int | None = None):
         super().__init__(query_model, item_ids, min(k, index.n), "scann", name="scann_topk")
         self.params = dict(index.params)
         self.scann_state = index.searcher.serialize_to_module()
-        self._pre = max(index.params["reorder"], self.k)
+        # ScaNN takes the leaves searched and the re-ordered count per call: an export may search a built tree
+        # differently from the index's settings (-1: the searcher's own)
+        self._leaves = -1
+        if num_leaves_to_search is not None:
+            leaves = int(self.params["num_leaves"] or 0)
+            if not 1 <= num_leaves_to_search <= leaves:
+                raise ValueError(f"num_leaves_to_search={num_leaves_to_search}: the index's tree has {leaves} "
+                                 "leaves (0 or 1: no tree); search between 1 and that many")
+            self._leaves = self.params["num_leaves_to_search"] = int(num_leaves_to_search)
+        if reorder is not None:
+            self.params["reorder"] = int(min(max(reorder, self.k), index.n))
+        self._pre = max(self.params["reorder"], self.k)
         self._parallel = index.parallel
 
     def _topk(self, q):
@@ -236,7 +255,7 @@ class _ScannTopK(TopKModel):
 
         handle = self.scann_state.recreate_handle()
         if not self._multi(q):
-            res = scann_ops.scann_search_batched(handle, q, self.k, self._pre, -1, self._parallel)
+            res = scann_ops.scann_search_batched(handle, q, self.k, self._pre, self._leaves, self._parallel)
             return res.indices, res.distances
         interests, mask = self._interests(q)
         idx, scores = self._search_interests(handle, interests, mask)
@@ -252,8 +271,8 @@ class _ScannTopK(TopKModel):
         active = tf.where(tf.reshape(mask, [-1]))                                       # [A, 1] rows of flat
 
         def search():
-            res = scann_ops.scann_search_batched(handle, tf.gather_nd(flat, active), self.k, self._pre, -1,
-                                                 self._parallel)
+            res = scann_ops.scann_search_batched(handle, tf.gather_nd(flat, active), self.k, self._pre,
+                                                 self._leaves, self._parallel)
             return res.indices, res.distances
 
         def nothing():          # ScaNN's op refuses an empty batch (e.g. every interest masked)
@@ -298,9 +317,16 @@ def brute_force_topk_model(query_model, item_ids, item_vectors, k: int = 100) ->
 def scann_topk_model(query_model, item_ids, item_vectors, k: int = 100, *, index: ScannIndex | None = None,
                      **scann_kwargs) -> TopKModel:
     """Approximate top-K with scann's TF ops; settings from `scann_params` unless given (see ScannIndex).
-    Its SavedModel needs scann's ops to load (import scann) and is not servable by stock TF Serving."""
-    index = index or ScannIndex(item_vectors, k, **scann_kwargs)
-    return _ScannTopK(query_model, item_ids, index, k)
+    With a built `index`, only the search-time settings `num_leaves_to_search` / `reorder` may be given (they
+    override the index's in the export). Its SavedModel needs scann's ops to load (import scann) and is not
+    servable by stock TF Serving."""
+    if index is None:
+        return _ScannTopK(query_model, item_ids, ScannIndex(item_vectors, k, **scann_kwargs), k)
+    search = {key: scann_kwargs.pop(key) for key in ("num_leaves_to_search", "reorder") if key in scann_kwargs}
+    if scann_kwargs:
+        raise TypeError(f"scann_topk_model: {', '.join(sorted(scann_kwargs))} build an index; with `index` given "
+                        "only num_leaves_to_search / reorder (search-time settings) apply")
+    return _ScannTopK(query_model, item_ids, index, k, **search)
 
 
 def save_topk_model(model: TopKModel, path) -> None:

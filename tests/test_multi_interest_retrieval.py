@@ -112,6 +112,26 @@ def test_rows_without_items_are_padded_alike_by_both_exports(served):
         assert np.isfinite(served[kind]["scores"]).all()                 # JSON has no -inf
 
 
+def test_a_scann_search_that_finds_fewer_than_k_items_pads_the_row():
+    # 100 leaves of ~4 items, one searched: ScaNN answers interests with fewer than k items (NaN-padded, narrower
+    # than k); the export's slots are then real items, each scored by one of the user's active interests, or padding
+    index = ScannIndex(ITEMS, TOP, num_leaves=100, num_leaves_to_search=1, reorder=TOP, training_sample_size=N)
+    out = {k: v.numpy() for k, v in scann_topk_model(_tower(), ITEM_IDS, ITEMS, TOP, index=index)(
+        {"user_id": USERS}).items()}
+    assert out["ids"].shape == (6, TOP) and np.isfinite(out["scores"]).all()
+    pad = out["ids"] == PAD_INT_ID
+    assert pad[0].any() and pad[4].all()                     # user 0 has one interest, user 4 none
+    assert (out["scores"][pad] == PAD_SCORE).all()
+    per = np.where(MASK[:, :, None] > 0, np.einsum("bkd,nd->bkn", INTERESTS, ITEMS), np.nan)      # [B, K, N]
+    rows, cols = np.nonzero(~pad)
+    dots = per[rows, :, out["ids"][rows, cols] - 1000]                                           # [found, K]
+    # an approximate search may miss an item's best interest, never report a score no active interest gives
+    assert np.all(np.nanmin(np.abs(dots - out["scores"][rows, cols, None]), axis=1) <= 1e-5)
+    for r in range(6):                                       # distinct, best first
+        assert len(set(out["ids"][r][~pad[r]].tolist())) == (~pad[r]).sum()
+        assert np.all(np.diff(out["scores"][r]) <= 0)
+
+
 def test_merge_topk_dedups_pads_and_breaks_ties_by_position():
     idx = tf.constant([[5, 3, 5, -1], [2, 2, -1, -1]], tf.int32)
     scores = tf.constant([[1.0, 2.0, 3.0, -np.inf], [0.5, 0.75, -np.inf, -np.inf]])

@@ -108,6 +108,10 @@ def scann_params(n_items: int, k: int = 100) -> dict:
     the queries/s of TF brute force (batch 256; run-to-run spread); 50 searched / re-order 1000: 0.946 at 14.3x;
     tfrs' ScaNN defaults (100 leaves, 10 searched, no re-ordering): 0.54. On 5.3k trained vectors, searching 8 of
     53 leaves gave 0.72, 30 of 53 0.98; on 50k perturbed vectors (K = 50), 7.5% of the leaves gave 0.89, 22% 0.99.
+    Multi-interest users (`--part multi`: K_u uniform in 1..4, real query vectors as interests, merged top-100,
+    batch 64 users, a loaded 2-CPU machine): on the 1M set these settings gave recall@100 0.968 at 38x the users/s
+    of the exact export (which scores all K slots); on the 24,909 real items 0.9996 at only 1.4x (searching 40 of
+    the 158 leaves: 0.969 at 2.7x): at that size the exact top-K is as good a serving choice.
     """
     leaves = max(int(min(round(math.sqrt(n_items)), n_items // 100)), 1)
     search = min(leaves, max(1, int(math.ceil(leaves * max(0.075, 200 * k / max(n_items, 1))))))

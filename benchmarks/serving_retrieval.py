@@ -19,12 +19,30 @@ Throughput is queries/s at batch `--batch` after a warm-up batch; latency is p50
 
     python benchmarks/serving_retrieval.py                          # 1M x 64, 2000 queries, K = 100
     python benchmarks/serving_retrieval.py --n-items 200000 --queries 500 --k 50
+
+`--part multi` (benchmarks/out/serving_retrieval/multi_interest.json): multi-interest users, K_u uniform in
+1..`--max-interests` active interests (the mask of a [users, K, d] query), each interest the real query vector of a
+different Amazon-Book test user (masked slots hold real vectors too: they must be ignored). An item scores its best
+active interest; the exact answer is numpy's per-interest exact top-K merged (tfrec_zoo.retrieval.search_interests;
+exact, since an item of the merged top-K is in its best interest's top-K). Timed side by side on the same users,
+batched by `--mi-batch` users, through the graphs the exports serve: the exact top-K (einsum over every slot, max
+over the active ones, top_k: NAME_topk, stock TF Serving) and the ScaNN top-K (the active interests searched, merged:
+NAME_topk_scann) at `scann_params` settings and the tried search settings on the same tree; users/s and interest
+queries/s. Both on the 1M set and on the 24,915 real item vectors (Amazon-Book's size).
+
+`--part eval-memory` (benchmarks/out/serving_retrieval/eval_memory.json): evaluate_retrieval's search at 1M items,
+alone in its process: search_interests over a BruteForceIndex (its default 1,024-query chunks) for `--queries`
+multi-interest users in evaluate_retrieval's 1,024-user chunks; peak RSS (getrusage) and seconds.
+
+    python benchmarks/serving_retrieval.py --part multi
+    python benchmarks/serving_retrieval.py --part eval-memory
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -112,6 +130,24 @@ def synthesize(real: np.ndarray, n: int, how: str, components: int, noise: float
     return items[rng.permutation(len(items))].astype(np.float32), info
 
 
+def cached_synthesis(real: np.ndarray, args, log) -> tuple[np.ndarray, dict]:
+    """`synthesize`, cached in data/two_tower_vectors/ (the 1M GMM fit takes minutes on 2 cores)."""
+    key = (f"synth-{args.synthesis}-n{args.n_items}-d{real.shape[1]}-g{args.gmm_components}-z{args.noise}"
+           f"-s{args.seed}-e{args.train_epochs}")
+    cache = default_data_dir() / "two_tower_vectors" / f"{key}.npz"
+    if cache.exists():
+        z = np.load(cache)
+        log(f"items: cached {cache}")
+        return z["items"], json.loads(str(z["info"]))
+    t0 = time.perf_counter()
+    items, info = synthesize(real, args.n_items, args.synthesis, args.gmm_components, args.noise, args.seed)
+    info = {**info, "synthesis_s": round(time.perf_counter() - t0, 1)}
+    tmp = cache.with_name(f".{key}.{os.getpid()}.npz")
+    np.savez(tmp, items=items, info=json.dumps(info))
+    os.replace(tmp, cache)
+    return items, info
+
+
 def random_mixture(n: int, dim: int, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
     rng = np.random.default_rng(seed)
     centers = _normalise(rng.normal(size=(1000, dim)))
@@ -186,6 +222,185 @@ def recall(approx: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(a[:k].tolist()) & set(e.tolist())) / k for a, e in zip(approx, exact)]))
 
 
+# -- multi-interest users -----------------------------------------------------------------------------------------------
+def interest_users(real_q: np.ndarray, n_users: int, max_k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """([users, K, d] interests, [users, K] bool mask): K_u uniform in 1..K, each interest (masked slots too) the
+    query vector of a different real test user."""
+    rng = np.random.default_rng(seed + 1)
+    k_u = rng.integers(1, max_k + 1, n_users)
+    picks = rng.choice(len(real_q), n_users * max_k, replace=len(real_q) < n_users * max_k)
+    vectors = np.asarray(real_q, np.float32)[picks].reshape(n_users, max_k, -1)
+    return vectors, np.arange(max_k)[None, :] < k_u[:, None]
+
+
+class NumpyIndex:
+    """Exact top-K by float32 BLAS + argpartition: the reference (`.search` as tfrec_zoo.retrieval's indexes)."""
+
+    def __init__(self, items: np.ndarray, chunk: int = 512):
+        self.items, self.n, self.chunk = items, len(items), chunk
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        ids, scores = [], []
+        for lo in range(0, len(q), self.chunk):
+            s = q[lo:lo + self.chunk] @ self.items.T
+            part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+            sc = np.take_along_axis(s, part, 1)
+            order = np.argsort(-sc, axis=1, kind="stable")
+            ids.append(np.take_along_axis(part, order, 1))
+            scores.append(np.take_along_axis(sc, order, 1))
+        return np.concatenate(ids), np.concatenate(scores)
+
+
+def identity_tower(max_k: int, dim: int):
+    """A query tower whose raw inputs are already the interests and the mask: the top-K graphs alone."""
+    from tfrec_zoo._tf import keras
+
+    v, m = keras.Input((max_k, dim), name="interests"), keras.Input((max_k,), name="mask")
+    return keras.Model([v, m], {"interests": keras.layers.Activation("linear")(v),
+                                "mask": keras.layers.Activation("linear")(m)})
+
+
+def measure_users(run, vectors: np.ndarray, mask: np.ndarray, batch: int, latency_users: int = 100):
+    """(ids [users, K], users/s at `batch` users a call, p50 ms of one user a call) after a warm-up batch."""
+    run(vectors[:batch], mask[:batch])
+    out = []
+    t0 = time.perf_counter()
+    for lo in range(0, len(vectors), batch):
+        out.append(run(vectors[lo:lo + batch], mask[lo:lo + batch]))
+    ups = len(vectors) / (time.perf_counter() - t0)
+    lat = []
+    for i in range(min(latency_users, len(vectors))):
+        t = time.perf_counter()
+        run(vectors[i:i + 1], mask[i:i + 1])
+        lat.append(time.perf_counter() - t)
+    return np.concatenate(out), ups, 1000 * float(np.median(lat))
+
+
+def topk_runner(topk):
+    def run(v, m):
+        return topk({"interests": v, "mask": m.astype(np.float32)})["ids"].numpy()
+    return run
+
+
+def scann_tries(n: int, p: dict) -> list[tuple[int, int]]:
+    """(leaves searched, re-ordered) tried on scann_params' tree besides its own setting: fewer and more leaves,
+    smaller and larger re-ordering."""
+    leaves = p["num_leaves"]
+    fractions = (0.02, 0.05, 0.1, 0.15) if n > 100_000 else (0.05, 0.1, 0.25, 0.5)
+    tries = [(max(1, int(round(leaves * f))), r) for f in fractions for r in (300, 1000)]
+    return [t for t in dict.fromkeys(tries) if t != (p["num_leaves_to_search"], p["reorder"])]
+
+
+def multi_interest(args, item_sets: dict, real_q: np.ndarray, info: dict, log) -> int:
+    from tfrec_zoo.retrieval import ScannIndex, brute_force_topk_model, scann_params, scann_topk_model, \
+        search_interests
+
+    k, max_k = args.k, args.max_interests
+    vectors, mask = interest_users(real_q, args.queries, max_k, args.seed)
+    active = int(mask.sum())
+    log(f"{len(vectors)} users, K_u in 1..{max_k} ({active} interests, {active / len(vectors):.2f} a user)")
+    results = []
+    for set_name, items in item_sets.items():
+        n = len(items)
+        exact = None                              # the first method's (numpy, exact) answer
+        rows = []
+        tower = identity_tower(max_k, items.shape[1])
+
+        def add(name, run, build_s=0.0, params=None):
+            nonlocal exact
+            ids, ups, lat = measure_users(run, vectors, mask, args.mi_batch)
+            exact = ids if exact is None else exact
+            rows.append({"method": name, "recall": recall(ids, exact), "users_per_s": ups,
+                         "interest_queries_per_s": ups * active / len(vectors), "p50_ms_one_user": lat,
+                         "build_s": build_s, "params": params or {}})
+            log(f"{set_name} {name:<58} recall@{k} {rows[-1]['recall']:.4f} {ups:8.0f} users/s  p50 {lat:6.2f} ms")
+
+        index = NumpyIndex(items)
+        add("numpy exact (per active interest + merge)",
+            lambda v, m: search_interests(index, v, m, k)[0])
+        add("tf brute force export (NAME_topk: einsum, max, top_k)",
+            topk_runner(brute_force_topk_model(tower, np.arange(n), items, k)))
+        p = scann_params(n, k)
+        t0 = time.perf_counter()
+        scann = ScannIndex(items, k)
+        build_s = time.perf_counter() - t0
+        for i, (search, reorder) in enumerate([(p["num_leaves_to_search"], p["reorder"]), *scann_tries(n, p)]):
+            topk = scann_topk_model(tower, np.arange(n), items, k, index=scann, num_leaves_to_search=search,
+                                    reorder=reorder)
+            label = "scann_params()" if i == 0 else "tried"
+            add(f"scann export ({label}): {p['num_leaves']} leaves, search {search}, reorder {reorder}",
+                topk_runner(topk), build_s if i == 0 else 0.0, topk.params)
+        brute = rows[1]["users_per_s"]
+        for r in rows:
+            r["x_tf_brute_force"] = r["users_per_s"] / brute
+        results.append({"items": set_name, "n_items": n, "rows": rows})
+
+    print(f"\nmulti-interest users: {len(vectors)}, K_u uniform in 1..{max_k} ({active / len(vectors):.2f} "
+          f"interests a user), K = {k}, batch {args.mi_batch} users, {os.cpu_count()} CPUs\n")
+    for res in results:
+        print(f"{res['n_items']:,} items ({res['items']}):\n")
+        print(f"| method | recall@{k} vs exact | users/s | interest queries/s | x tf brute force | "
+              "p50 ms (1 user) | build s |")
+        print("|---|---|---|---|---|---|---|")
+        for r in res["rows"]:
+            print(f"| {r['method']} | {r['recall']:.4f} | {r['users_per_s']:.0f} | {r['interest_queries_per_s']:.0f} "
+                  f"| {r['x_tf_brute_force']:.1f} | {r['p50_ms_one_user']:.2f} | {r['build_s']:.1f} |")
+        print()
+    out = {"users": len(vectors), "max_interests": max_k, "active_interests": active, "k": k,
+           "batch_users": args.mi_batch, "cpus": os.cpu_count(), "vectors": info,
+           "interests": "each a real query-tower vector of a different Amazon-Book test user; K_u uniform in 1..K",
+           "results": results}
+    _write(args.json, out)
+    return 0
+
+
+def _rss_gb() -> float:
+    """Current resident set (/proc/self/statm), GB."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+
+
+def eval_memory(args, items: np.ndarray, real_q: np.ndarray, info: dict, log) -> int:
+    """evaluate_retrieval's search loop (training/retrieval.py) at full size: per 1,024-user chunk,
+    search_interests over a BruteForceIndex (1,024-query chunks: a [1024 x N] score matrix each)."""
+    from tfrec_zoo.retrieval import BruteForceIndex, search_interests
+
+    vectors, mask = interest_users(real_q, args.queries, args.max_interests, args.seed)
+    chunk, index_chunk = 1024, 1024                    # evaluate_retrieval's and BruteForceIndex's defaults
+    before = {"rss_gb": _rss_gb(), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+    t0 = time.perf_counter()
+    index = BruteForceIndex(items, chunk=index_chunk)
+    index_s = time.perf_counter() - t0
+    after_index = _rss_gb()
+    top = np.full((len(vectors), args.k), -1, np.int64)
+    t0 = time.perf_counter()
+    for lo in range(0, len(vectors), chunk):
+        pos, _ = search_interests(index, vectors[lo:lo + chunk], mask[lo:lo + chunk], args.k)
+        top[lo:lo + chunk] = pos
+    search_s = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6      # KB on Linux
+    out = {"n_items": len(items), "dim": int(items.shape[1]), "users": len(vectors),
+           "active_interests": int(mask.sum()), "k": args.k, "user_chunk": chunk, "index_query_chunk": index_chunk,
+           "largest_score_matrix": f"[{index_chunk} x {len(items)}] float32 = "
+                                   f"{index_chunk * len(items) * 4 / 1e9:.2f} GB",
+           "rss_before_index_gb": round(before["rss_gb"], 2), "peak_rss_before_gb": round(before["peak_rss_gb"], 2),
+           "rss_after_index_gb": round(after_index, 2), "peak_rss_gb": round(peak, 2),
+           "index_build_s": round(index_s, 2), "search_s": round(search_s, 2),
+           "users_per_s": round(len(vectors) / search_s, 1), "all_users_filled": bool((top >= 0).all()),
+           "cpus": os.cpu_count(), "vectors": info}
+    print(json.dumps({k_: v for k_, v in out.items() if k_ != "vectors"}, indent=1))
+    _write(args.json, out)
+    return 0
+
+
+def _write(path: str, out: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(out, indent=1, default=float) + "\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-items", type=int, default=1_000_000)
@@ -198,8 +413,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--noise", type=float, default=1.0)
     ap.add_argument("--train-epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "serving_retrieval.json"))
+    ap.add_argument("--part", choices=["single", "multi", "eval-memory"], default="single",
+                    help="single-vector queries (default), multi-interest users, or evaluate_retrieval's memory")
+    ap.add_argument("--max-interests", type=int, default=4, help="--part multi / eval-memory: K (K_u in 1..K)")
+    ap.add_argument("--mi-batch", type=int, default=64, help="--part multi: users per call")
+    ap.add_argument("--json", default=None, help="default: benchmarks/out/serving_retrieval.json (single), "
+                                                 "benchmarks/out/serving_retrieval/{multi_interest,eval_memory}.json")
     args = ap.parse_args(argv)
+    out_dir = ROOT / "benchmarks" / "out"
+    args.json = args.json or str({"single": out_dir / "serving_retrieval.json",
+                                  "multi": out_dir / "serving_retrieval" / "multi_interest.json",
+                                  "eval-memory": out_dir / "serving_retrieval" / "eval_memory.json"}[args.part])
 
     def log(*a):
         print(*a, file=sys.stderr, flush=True)
@@ -208,13 +432,17 @@ def main(argv: list[str] | None = None) -> int:
     got = trained_vectors(args.dim, args.train_epochs, log)
     if got is None:
         items, queries, info = random_mixture(args.n_items, args.dim, args.queries, args.seed)
+        real, real_q = items, queries
         log("WARNING: amazon-book not found; using a random mixture (see the JSON's vectors.source)")
     else:
         real, real_q, info = got
-        t0 = time.perf_counter()
-        items, syn = synthesize(real, args.n_items, args.synthesis, args.gmm_components, args.noise, args.seed)
-        info = {**info, **syn, "synthesis_s": round(time.perf_counter() - t0, 1)}
+        items, syn = cached_synthesis(real, args, log)
+        info = {**info, **syn}
         queries = real_q[rng.choice(len(real_q), min(args.queries, len(real_q)), replace=False)].astype(np.float32)
+    if args.part == "multi":
+        return multi_interest(args, {"synthesised": items, "real": real}, real_q, info, log)
+    if args.part == "eval-memory":
+        return eval_memory(args, items, real_q, info, log)
     n, k = len(items), args.k
     log(f"{n} items x {items.shape[1]}, {len(queries)} queries, K = {k}")
 

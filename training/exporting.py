@@ -125,7 +125,11 @@ def export_retrieval_run(model, data, name: str, base_dir, records, *, keep: int
     q_feats = parse_features(data.spec, records_t, list(model.query_model.input_names))
     i_feats = parse_features(data.spec, records_t, list(model.item_model.input_names))
     ids, vectors = item_embeddings(model, data.artifacts)
-    expected = {"query": {"embedding": model.query_model(q_feats).numpy()},
+    query = model.query_model(q_feats)
+    # a single-vector tower serves `embedding`; a multi-interest one its dict's keys (interests, mask), as
+    # ServingModule._outputs names them
+    query = {k: np.asarray(v) for k, v in query.items()} if isinstance(query, dict) else {"embedding": query.numpy()}
+    expected = {"query": query,
                 "item": {"embedding": model.item_model(i_feats).numpy()},
                 "topk": {k_: v.numpy() for k_, v in brute_force_topk_model(model.query_model, ids, vectors,
                                                                            k)(q_feats).items()}}

@@ -244,3 +244,64 @@ def test_cli_bad_config_is_one_error_line(ml60, tmp_path, capsys, override, word
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {exp}: {words}") and "\n" not in err, err
     assert not (tmp_path / "run" / "model").exists()
+
+
+def test_experiment_trains_mirrored_exports_and_serves_odd_users(ml60, tmp_path):
+    """The paper model from its shipped YAML under a MirroredStrategy: metrics.json reports the interests, the run
+    exports its parity-checked models (towers, exact top-K), and the served exact top-K answers users with no history and with an
+    unknown item id in their history (REST, the TF Serving JSON API) as the in-memory model does."""
+    import base64
+    import json
+    import urllib.request
+
+    from tfrec_zoo.data.reader import parse_features
+    from tfrec_zoo.retrieval import brute_force_topk_model, item_embeddings
+    from tfrec_zoo.serving.server import ModelServer
+    from training.cli import main
+    from training.distribute import make_strategy
+    from training.experiment import load_experiment
+    from training.exporting import validation_records
+    from training.runs import load_run
+    from training.trainer import train
+
+    yaml_path = Path(__file__).parents[1] / "training" / "experiments" / "adaptive_interests_pcl-ml-latest-small.yaml"
+    exp = load_experiment(yaml_path, [f"dataset={ml60}", "epochs=1", "batch_size=256", "params.output_dim=16",
+                                      "params.prototypes=8", "early_stopping=null", "evaluation.splits=[test]"])
+    run = tmp_path / "run"
+    train(exp, run, strategy=make_strategy("mirrored"), verbose=0)
+    metrics = json.loads((run / "metrics.json").read_text())["test"]
+    assert 0 <= metrics["overall"]["adaptive_interests_pcl (filtered)"]["recall@50"] <= 1
+    assert sum(metrics["protocol"]["interests"]["users_with_k"].values()) == metrics["protocol"]["users"]
+    # the ScaNN top-K of a multi-interest tower is checked in tests/test_multi_interest_retrieval.py
+    assert main(["export", str(run), "--name", "mi", "--base-dir", str(tmp_path / "sm"), "--k", "20",
+                 "--no-scann"]) == 0
+    _, data, model = load_run(run, log=lambda *_: None)
+
+    # odd users: no history at all; an item id no vocabulary knows in the history; an ordinary one
+    records = []
+    for i, rec in enumerate(validation_records(data, 3)):
+        ex = tf.train.Example.FromString(rec)
+        hist = ex.features.feature["hist_movie_id"].int64_list.value
+        if i == 0:
+            del hist[:]
+            del ex.features.feature["hist_rating"].float_list.value[:]
+        elif i == 1:
+            hist[0] = 987654321
+        records.append(ex.SerializeToString())
+    feats = parse_features(data.spec, tf.constant(records), list(model.query_model.input_names))
+    assert int(feats["history_len"][0]) == 0
+    ids, vectors = item_embeddings(model, data.artifacts)
+    expected = brute_force_topk_model(model.query_model, ids, vectors, 20)(feats)
+    with ModelServer(str(tmp_path / "sm"), grpc_port=None, rest_port=0, host="127.0.0.1", poll_seconds=60) as srv:
+        body = json.dumps({"signature_name": "serving_default", "instances": [
+            {"examples": {"b64": base64.b64encode(r).decode()}} for r in records]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{srv.rest_port}/v1/models/mi_topk:predict", data=body,
+                                     method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            served = json.loads(r.read())["predictions"]
+    got_ids = np.array([p["ids"] for p in served])
+    got_scores = np.array([p["scores"] for p in served])
+    np.testing.assert_array_equal(got_ids, expected["ids"].numpy())
+    np.testing.assert_allclose(got_scores, expected["scores"].numpy(), atol=1e-5)
+    assert np.isfinite(got_scores).all()
+    np.testing.assert_allclose(got_scores[0], 0.0, atol=1e-6)      # no history: zero interests, every cosine 0

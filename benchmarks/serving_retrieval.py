@@ -30,11 +30,16 @@ over the active ones, top_k: NAME_topk, stock TF Serving) and the ScaNN top-K (t
 NAME_topk_scann) at `scann_params` settings and the tried search settings on the same tree; users/s and interest
 queries/s. Both on the 1M set and on the 24,915 real item vectors (Amazon-Book's size).
 
+`--mi-run RUN` (with `--part multi`): the users and items of a trained multi-interest run instead: its query tower's
+interests and serving masks for its first `--queries` test users, its item vectors ("real") and `--n-items` copies
+of them with `--noise` perturbation ("synthesised", as `--synthesis perturb`).
+
 `--part eval-memory` (benchmarks/out/serving_retrieval/eval_memory.json): evaluate_retrieval's search at 1M items,
 alone in its process: search_interests over a BruteForceIndex (its default 1,024-query chunks) for `--queries`
 multi-interest users in evaluate_retrieval's 1,024-user chunks; peak RSS (getrusage) and seconds.
 
     python benchmarks/serving_retrieval.py --part multi
+    python benchmarks/serving_retrieval.py --part multi --mi-run RUN   # a trained multi-interest model's own users
     python benchmarks/serving_retrieval.py --part eval-memory
 """
 from __future__ import annotations
@@ -291,12 +296,17 @@ def scann_tries(n: int, p: dict) -> list[tuple[int, int]]:
     return [t for t in dict.fromkeys(tries) if t != (p["num_leaves_to_search"], p["reorder"])]
 
 
-def multi_interest(args, item_sets: dict, real_q: np.ndarray, info: dict, log) -> int:
+def multi_interest(args, item_sets: dict, real_q: np.ndarray, info: dict, log, users=None) -> int:
     from tfrec_zoo.retrieval import ScannIndex, brute_force_topk_model, scann_params, scann_topk_model, \
         search_interests
 
-    k, max_k = args.k, args.max_interests
-    vectors, mask = interest_users(real_q, args.queries, max_k, args.seed)
+    k = args.k
+    if users is None:
+        max_k = args.max_interests
+        vectors, mask = interest_users(real_q, args.queries, max_k, args.seed)
+    else:                       # a trained multi-interest model's own users: its interests and serving masks
+        vectors, mask = users
+        max_k = vectors.shape[1]
     active = int(mask.sum())
     log(f"{len(vectors)} users, K_u in 1..{max_k} ({active} interests, {active / len(vectors):.2f} a user)")
     results = []
@@ -348,10 +358,34 @@ def multi_interest(args, item_sets: dict, real_q: np.ndarray, info: dict, log) -
         print()
     out = {"users": len(vectors), "max_interests": max_k, "active_interests": active, "k": k,
            "batch_users": args.mi_batch, "cpus": os.cpu_count(), "vectors": info,
-           "interests": "each a real query-tower vector of a different Amazon-Book test user; K_u uniform in 1..K",
+           "interests": info.get("interests", "each a real query-tower vector of a different Amazon-Book test user; "
+                                                "K_u uniform in 1..K"),
            "results": results}
     _write(args.json, out)
     return 0
+
+
+def run_users(run_dir: str, n_users: int, n_items: int, noise: float, seed: int, log):
+    """A trained multi-interest run: ({"real": its item vectors, "synthesised": n_items perturbed copies of them},
+    (interests [users, K, d], serving masks [users, K]) of its first `n_users` test users, info)."""
+    from tfrec_zoo.retrieval import as_interests, item_embeddings
+    from training.retrieval import read_columns
+    from training.runs import load_run
+
+    _, data, model = load_run(run_dir, log=log)
+    _, real = item_embeddings(model, data.artifacts)
+    user_key = data.spec.keys["user"]
+    cols = read_columns(data, "test", list(model.query_inputs) + [user_key])
+    _, first = np.unique(cols[user_key], return_index=True)
+    first = np.sort(first)[:n_users]
+    vectors, mask = as_interests(model.query_model.predict({c: cols[c][first] for c in model.query_inputs},
+                                                           batch_size=4096, verbose=0))
+    items, syn = synthesize(real, n_items, "perturb", 0, noise, seed)
+    k_u = mask.sum(1)
+    info = {"run": str(run_dir), "model": model.name, **syn,
+            "interests": f"the run's query tower on its first {len(first)} test users (serving masks: k_u mean "
+                         f"{k_u.mean():.2f}, {dict(zip(*np.unique(k_u, return_counts=True)))})"}
+    return {"synthesised": items, "real": real}, (vectors, mask), info
 
 
 def _rss_gb() -> float:
@@ -417,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="single-vector queries (default), multi-interest users, or evaluate_retrieval's memory")
     ap.add_argument("--max-interests", type=int, default=4, help="--part multi / eval-memory: K (K_u in 1..K)")
     ap.add_argument("--mi-batch", type=int, default=64, help="--part multi: users per call")
+    ap.add_argument("--mi-run", help="--part multi: a trained multi-interest run dir: its item vectors (+ --n-items "
+                                     "perturbed copies) and its test users' interests and masks")
     ap.add_argument("--json", default=None, help="default: benchmarks/out/serving_retrieval.json (single), "
                                                  "benchmarks/out/serving_retrieval/{multi_interest,eval_memory}.json")
     args = ap.parse_args(argv)
@@ -429,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
         print(*a, file=sys.stderr, flush=True)
 
     rng = np.random.default_rng(args.seed)
+    if args.part == "multi" and args.mi_run:
+        item_sets, users, info = run_users(args.mi_run, args.queries, args.n_items, args.noise, args.seed, log)
+        return multi_interest(args, item_sets, None, info, log, users=users)
     got = trained_vectors(args.dim, args.train_epochs, log)
     if got is None:
         items, queries, info = random_mixture(args.n_items, args.dim, args.queries, args.seed)

@@ -46,9 +46,9 @@ def _log_softmax_diag(logits):
     return np.diag(logits - m - np.log(np.exp(logits - m).sum(1, keepdims=True)))[: logits.shape[0]]
 
 
-def _numpy_loss(model, feats, *, readout, temperature, logq, protos=None):
+def _numpy_loss(model, feats, *, readout, temperature, logq, protos=None, every_slot=False):
     out = model.query_model.predict({k: feats[k] for k in model.query_inputs}, verbose=0)
-    q, m = out["interests"], out["mask"] > 0.5
+    q, m = out["interests"], (out["mask"] > 0.5) | every_slot
     v = model.item_model.predict({"item_id": feats["item_id"]}, verbose=0)
     dots = np.einsum("bkd,nd->bkn", q, v)
     if readout == "max":
@@ -147,6 +147,21 @@ def test_selection_mask_trains_end_to_end_and_is_exact_at_serving():
     model.set_loss_weights({"interest_count": 1.0, "retrieval": 0.0})
     model.compute_loss(batch, training=True)
     assert 0.25 <= float(model._trackers["interest_count_loss"].result()) <= 1.0
+
+
+def test_all_interests_loss_scores_every_slot():
+    model = build_model("adaptive_interests_pcl", TOY, ART, {"output_dim": 6, "max_interests": 4, "temperature": 0.2,
+                                                             "logq_correction": False})
+    feats, batch = _batch()
+    selection = model.get_layer("query_tower").get_layer("interest_selection")
+    w, b = selection.logits.get_weights()
+    selection.logits.set_weights([w * 0, np.array([10.0, 0, 0, 0], np.float32)])     # serving k = 1 for everyone
+    assert model.loss_weights["all_interests"] == 0.0
+    model.set_loss_weights({"all_interests": 1.0, "retrieval": 0.0})
+    got = float(model.compute_loss(batch, training=False))
+    every = _numpy_loss(model, feats, readout="max", temperature=0.2, logq=False, every_slot=True)
+    selected = _numpy_loss(model, feats, readout="max", temperature=0.2, logq=False)
+    assert got == pytest.approx(every, rel=1e-4) and abs(every - selected) > 1e-3
 
 
 def test_no_history_and_unknown_ids_give_finite_defined_results():

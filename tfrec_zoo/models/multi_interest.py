@@ -18,9 +18,10 @@ before `interest_units` ReLU layers and a linear map back to `output_dim`. Inter
 Adaptive Interest Selection (`adaptive: true`, [inferred], tfrec_zoo/layers/multi_interest.py): the activeness
 features [log(1 + history length), *activeness_features] -> an MLP -> logits of k in 1..K_max -> a mask over the
 interest slots (Gumbel-max + straight-through in training, argmax at serving). `adaptive: false` gives every user
-K_max interests (the fixed-K ablations and the baselines). Nothing else keeps k small: every active interest can
-only raise a max-over-interests score, so the optional `interest_count` loss (weight 0 by default) charges the
-expected k / K_max.
+K_max interests (the fixed-K ablations and the baselines). Two optional losses (weight 0 by default): `interest_count`
+charges the expected k / K_max (with the "positive" read-out an extra interest can only help, so nothing else keeps k
+small); `all_interests` is the same softmax loss with every slot active, so that slots the selection seldom opens
+still train (without it the selection settled on one k for every user in the runs of the card).
 
 Training score (`readout`): "max" [inferred, the paper model]: every candidate is scored by the user's best active
 interest, as serving ranks; "positive" (ComiRec and MIND training, MIND's label-aware attention at p -> inf): the
@@ -221,6 +222,7 @@ class MultiInterestModel(ZooModel):
             aux["prototype"] = 0.1
         if cfg.adaptive:
             aux["interest_count"] = 0.0
+            aux["all_interests"] = 0.0
         super().__init__(model_in, outputs, spec=spec, name=name, tasks={}, aux_loss_weights=aux, **kwargs)
 
         self.label_task, self.item_key = label, item_key
@@ -285,7 +287,8 @@ class MultiInterestModel(ZooModel):
             sampled = tf.gather(self._vocab, pick)
             cands = tf.concat([v, self.item_model({self.item_key: sampled}, training=training)], 0)
             cand_rows = tf.concat([rows, self._item_lookup(sampled)], 0)
-        logits = self._candidate_logits(interests, mask, v, cands) / cfg.temperature
+        # what every scoring of this batch shares: the logQ shift [N] and the removed (row, candidate) pairs [B, N]
+        shift = tf.zeros([tf.shape(cands)[0]])
         if cfg.logq_correction:
             if training:
                 self.item_counts.scatter_add(tf.IndexedSlices(tf.ones_like(rows, tf.float32), rows))
@@ -295,20 +298,31 @@ class MultiInterestModel(ZooModel):
             if cfg.mixed_negatives and self._vocab is not None:
                 n_vocab = tf.cast(tf.shape(self._vocab)[0], tf.float32)
                 expected = tf.concat([expected, tf.fill([cfg.mixed_negatives], cfg.mixed_negatives / n_vocab)], 0)
-            logits = logits - tf.math.log(tf.maximum(expected, 1e-9))[None, :]
+            shift = -tf.math.log(tf.maximum(expected, 1e-9))
         n = tf.shape(cands)[0]
         diagonal = tf.cast(tf.eye(batch, n), tf.bool)
+        removed = tf.zeros([batch, n], tf.bool)
         if cfg.remove_accidental_hits:
-            logits = mask_collisions(logits, tf.equal(rows[:, None], cand_rows[None, :]) & ~diagonal)
+            removed = removed | (tf.equal(rows[:, None], cand_rows[None, :]) & ~diagonal)
         protos = None
         if cfg.prototypes:
             protos = tf.math.l2_normalize(self.prototype_vectors, -1)
             if cfg.collision == "mask":
                 of = nearest_prototype(tf.stop_gradient(tf.math.l2_normalize(cands, -1)), protos)
-                logits = mask_collisions(logits, collision_mask(of[:batch], of) & ~diagonal)
-        per_row = tf.nn.softmax_cross_entropy_with_logits(labels=tf.cast(diagonal, tf.float32), logits=logits)
+                removed = removed | (collision_mask(of[:batch], of) & ~diagonal)
         w = self._positive_weights(y, sw)
-        losses = {"retrieval": tf.math.divide_no_nan(tf.reduce_sum(per_row * w), tf.reduce_sum(w))}
+
+        def softmax_loss(active):
+            logits = self._candidate_logits(interests, active, v, cands) / cfg.temperature + shift[None, :]
+            per_row = tf.nn.softmax_cross_entropy_with_logits(labels=tf.cast(diagonal, tf.float32),
+                                                              logits=mask_collisions(logits, removed))
+            return tf.math.divide_no_nan(tf.reduce_sum(per_row * w), tf.reduce_sum(w))
+
+        losses = {"retrieval": softmax_loss(mask)}
+        if cfg.adaptive and self.loss_weights.get("all_interests"):
+            # every slot scored, whatever the selection: a slot the selection rarely opens still learns, so the
+            # selection compares trained interests, not a trained one with untrained ones
+            losses["all_interests"] = softmax_loss(tf.ones_like(mask))
         if protos is not None and self.loss_weights.get("prototype"):
             unit = tf.math.l2_normalize(v, -1)
             losses["prototype"] = prototype_contrastive_loss(

@@ -164,6 +164,37 @@ def test_all_interests_loss_scores_every_slot():
     assert got == pytest.approx(every, rel=1e-4) and abs(every - selected) > 1e-3
 
 
+def test_expected_selection_loss_is_the_probability_weighted_prefix_losses():
+    model = build_model("adaptive_interests_pcl", TOY, ART, {
+        "output_dim": 6, "max_interests": 3, "temperature": 0.2, "logq_correction": False,
+        "selection_training": "expected"})
+    feats, batch = _batch()
+    selection = model.get_layer("query_tower").get_layer("interest_selection")
+    w, _ = selection.logits.get_weights()
+    bias = np.array([0.3, -0.2, 0.5], np.float32)
+    selection.logits.set_weights([w * 0, bias])                  # the same p(k) for every row
+    got = float(model.compute_loss(batch, training=True))
+    out = model.query_model.predict({k: feats[k] for k in model.query_inputs}, verbose=0)
+    v = model.item_model.predict({"item_id": ITEMS}, verbose=0)
+    dots = np.einsum("bkd,nd->bkn", out["interests"], v)
+    off = ~np.eye(8, dtype=bool)
+    per_k = []
+    for k in (1, 2, 3):
+        logits = dots[:, :k].max(1) / 0.2
+        logits = np.where((ITEMS[:, None] == ITEMS[None]) & off, -1e9, logits)
+        m = logits.max(1, keepdims=True)
+        per_k.append(-np.diag(logits - m - np.log(np.exp(logits - m).sum(1, keepdims=True))))
+    p = np.exp(bias) / np.exp(bias).sum()
+    want = (np.stack(per_k, 1) @ p)[CLICK > 0].mean()
+    assert got == pytest.approx(float(want), rel=1e-4)
+    # the selection's logits get the gradient of the expectation (no sampling: the same value twice)
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(batch, training=True)
+    grad = tape.gradient(loss, selection.logits.bias).numpy()
+    l_k = np.stack(per_k, 1)[CLICK > 0].mean(0)
+    np.testing.assert_allclose(grad, p * (l_k - p @ l_k), rtol=1e-3, atol=1e-6)   # d E / dz = p (L - E)
+
+
 def test_no_history_and_unknown_ids_give_finite_defined_results():
     model = build_model("adaptive_interests_pcl", TOY, ART, {"output_dim": 6, "max_interests": 3})
     feats, _ = _batch(hist_len=[0, 0, 1, 4, 4, 2, 1, 3])

@@ -78,6 +78,7 @@ class MultiInterestConfig:
     activeness_features: tuple = ()     # dense spec features besides log(1 + history length)
     selection_units: tuple = (32,)
     selection_temperature: float = 1.0
+    selection_training: str = "gumbel"  # gumbel: a sampled k, straight-through mask | expected: E_k[loss], exact
     readout: str = "max"                # max (score = best active interest) | positive (the positive's interest)
     profile_features: tuple = ()        # non-sequence user features joined to every interest (MIND's profile)
     interest_units: tuple = ()          # ReLU layers after [interest, profile]
@@ -104,6 +105,8 @@ def _check(cfg: MultiInterestConfig, spec: FeatureSpec, n_items: int, who: str) 
         bad("max_interests", f"must be >= 1, got {cfg.max_interests}")
     if cfg.extractor not in EXTRACTORS:
         bad("extractor", f"one of {', '.join(EXTRACTORS)}, got {cfg.extractor!r}")
+    if cfg.selection_training not in ("gumbel", "expected"):
+        bad("selection_training", f"gumbel or expected, got {cfg.selection_training!r}")
     if cfg.readout not in ("max", "positive"):
         bad("readout", f"max or positive, got {cfg.readout!r}")
     if cfg.prototype_update not in ("learned", "kmeans"):
@@ -312,17 +315,29 @@ class MultiInterestModel(ZooModel):
                 removed = removed | (collision_mask(of[:batch], of) & ~diagonal)
         w = self._positive_weights(y, sw)
 
-        def softmax_loss(active):
+        def row_losses(active):
             logits = self._candidate_logits(interests, active, v, cands) / cfg.temperature + shift[None, :]
-            per_row = tf.nn.softmax_cross_entropy_with_logits(labels=tf.cast(diagonal, tf.float32),
-                                                              logits=mask_collisions(logits, removed))
+            return tf.nn.softmax_cross_entropy_with_logits(labels=tf.cast(diagonal, tf.float32),
+                                                           logits=mask_collisions(logits, removed))
+
+        def mean(per_row):
             return tf.math.divide_no_nan(tf.reduce_sum(per_row * w), tf.reduce_sum(w))
 
-        losses = {"retrieval": softmax_loss(mask)}
+        if cfg.adaptive and cfg.selection_training == "expected":
+            # the exact expected loss over k ~ softmax(z): one loss per prefix of 1..K_max slots, weighted by the
+            # selection's probabilities (no sampling, and a closed slot's value is seen: the straight-through
+            # mask gives no gradient towards opening a slot, whose scores are excluded by value)
+            probs = tf.nn.softmax(q["count_logits"], axis=-1)
+            prefix = tf.sequence_mask(tf.range(1, cfg.max_interests + 1), cfg.max_interests, dtype=tf.float32)
+            per_k = tf.stack([row_losses(tf.broadcast_to(prefix[j], tf.shape(mask)))
+                              for j in range(cfg.max_interests)], axis=1)                         # [B, K_max]
+            losses = {"retrieval": mean(tf.reduce_sum(probs * per_k, axis=1))}
+        else:
+            losses = {"retrieval": mean(row_losses(mask))}
         if cfg.adaptive and self.loss_weights.get("all_interests"):
             # every slot scored, whatever the selection: a slot the selection rarely opens still learns, so the
             # selection compares trained interests, not a trained one with untrained ones
-            losses["all_interests"] = softmax_loss(tf.ones_like(mask))
+            losses["all_interests"] = mean(row_losses(tf.ones_like(mask)))
         if protos is not None and self.loss_weights.get("prototype"):
             unit = tf.math.l2_normalize(v, -1)
             losses["prototype"] = prototype_contrastive_loss(

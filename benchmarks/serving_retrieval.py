@@ -395,7 +395,8 @@ def _rss_gb() -> float:
 
 def eval_memory(args, items: np.ndarray, real_q: np.ndarray, info: dict, log) -> int:
     """evaluate_retrieval's search loop (training/retrieval.py) at full size: per 1,024-user chunk,
-    search_interests over a BruteForceIndex (1,024-query chunks: a [1024 x N] score matrix each)."""
+    search_interests over a BruteForceIndex (query chunks of at most 1,024, fewer so that a chunk's [chunk x N]
+    score block stays under 256 MB: 64 queries at 1M items)."""
     from tfrec_zoo.retrieval import BruteForceIndex, search_interests
 
     vectors, mask = interest_users(real_q, args.queries, args.max_interests, args.seed)
@@ -404,6 +405,7 @@ def eval_memory(args, items: np.ndarray, real_q: np.ndarray, info: dict, log) ->
     t0 = time.perf_counter()
     index = BruteForceIndex(items, chunk=index_chunk)
     index_s = time.perf_counter() - t0
+    index_chunk = index.chunk                          # after the index's cap on the score block
     after_index = _rss_gb()
     top = np.full((len(vectors), args.k), -1, np.int64)
     t0 = time.perf_counter()

@@ -227,6 +227,23 @@ def test_registry_holds_the_paper_model_and_its_baselines():
     assert model.query_model.get_layer("query_tower_dense1").units == 128        # the paper's ReLU tower
 
 
+def test_epoch_start_reclusters_kmeans_prototypes_and_reports_learned_ones():
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((20, 6)).astype(np.float32)
+    km = build_model("adaptive_interests_pcl", TOY, ART, {"output_dim": 6, "prototypes": 3,
+                                                          "prototype_update": "kmeans"})
+    said = km.on_epoch_start(2, lambda: (np.arange(20), vectors))
+    want, assign = kmeans(vectors, 3, seed=2)
+    np.testing.assert_allclose(km.prototype_vectors.numpy(), want, rtol=1e-6)
+    assert said == {"prototype_cluster_min": int(np.bincount(assign).min()),
+                    "prototype_cluster_max": int(np.bincount(assign).max()), "prototypes_in_use": 3}
+    learned = build_model("adaptive_interests_pcl", TOY, ART, {"output_dim": 6, "prototypes": 3})
+    learned.prototype_vectors.assign(np.stack([vectors[0], vectors[0], -vectors[0]]))   # two identical ones
+    said = learned.on_epoch_start(0, lambda: (np.arange(20), vectors))
+    assert said["prototypes_in_use"] <= 2 and said["prototype_cluster_min"] == 0
+    assert build_model("adaptive_interests_pcl", TOY, ART, {"output_dim": 6}).on_epoch_start(0, None) == {}
+
+
 def test_kmeans_is_lloyds_fixed_point_and_seeded():
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((4, 5)) * 5

@@ -247,14 +247,22 @@ class MultiInterestModel(ZooModel):
 
     # -- platform hook -------------------------------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int, corpus) -> dict:
-        """k-means prototypes: spherical k-means (seeded by epoch) over `corpus()`'s item vectors -> the prototypes."""
-        if not self._cfg.prototypes or self._cfg.prototype_update != "kmeans":
+        """k-means prototypes: spherical k-means (seeded by epoch) over `corpus()`'s item vectors -> the prototypes.
+        Learned prototypes are left as they are; both report how the corpus spreads over them (learned ones can
+        collapse onto a few prototypes, and then the collision mask removes most negatives: the log shows it)."""
+        if not self._cfg.prototypes:
             return {}
         _, vectors = corpus()
-        centroids, assign = kmeans(vectors, self._cfg.prototypes, seed=self._cfg.seed * 1000 + epoch)
-        self.prototype_vectors.assign(centroids)
-        sizes = np.bincount(assign, minlength=len(centroids))
-        return {"prototype_cluster_min": int(sizes.min()), "prototype_cluster_max": int(sizes.max())}
+        if self._cfg.prototype_update == "kmeans":
+            centroids, assign = kmeans(vectors, self._cfg.prototypes, seed=self._cfg.seed * 1000 + epoch)
+            self.prototype_vectors.assign(centroids)
+        else:
+            protos = self.prototype_vectors.numpy()
+            assign = np.argmax(vectors @ (protos / np.maximum(np.linalg.norm(protos, axis=1, keepdims=True),
+                                                              1e-12)).T, axis=1)
+        sizes = np.bincount(assign, minlength=self._cfg.prototypes)
+        return {"prototype_cluster_min": int(sizes.min()), "prototype_cluster_max": int(sizes.max()),
+                "prototypes_in_use": int((sizes > 0).sum())}
 
     # -- loss ----------------------------------------------------------------------------------------------------------
     def _positive_weights(self, labels, sample_weight):

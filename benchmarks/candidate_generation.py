@@ -30,12 +30,12 @@ from pathlib import Path
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from training.experiment import parse_experiment  # noqa: E402
-from training.retrieval import _first_rows, evaluate_retrieval, read_columns  # noqa: E402
-from training.runs import load_run  # noqa: E402
-from training.trainer import train  # noqa: E402
+from training.experiment import parse_experiment
+from training.retrieval import _first_rows, evaluate_retrieval, read_columns
+from training.runs import load_run
+from training.trainer import train
 
 MARK = "<!-- candidate-generation-results -->"
 CARD = "adaptive_interests_pcl.md"
@@ -49,9 +49,9 @@ DATASETS = {
     "ml-latest-small": {"history": "history", "activeness": ["user_activity", "user_spread", "user_recency"],
                         "prototypes": 32, "epochs": 10, "batch_size": 1024},
     "lbsn-gowalla": {"history": "history", "activeness": ["user_activity", "user_spread", "user_recency"],
-                     "prototypes": 64, "epochs": 6, "batch_size": 2048},
+                     "prototypes": 64, "epochs": 4, "batch_size": 2048},
     "amazon-beauty": {"history": "history", "activeness": ["user_activity", "user_spread"],
-                      "prototypes": 64, "epochs": 6, "batch_size": 2048},
+                      "prototypes": 64, "epochs": 4, "batch_size": 2048},
     "amazon-book": {"history": "history", "activeness": ["user_activity"],
                     "prototypes": 64, "epochs": 4, "batch_size": 4096},
 }
@@ -165,13 +165,12 @@ def _per_user(model, data) -> dict:
 
 
 def _buckets(activity: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Activity quartiles (of the evaluated users; ties can merge two) -> bucket index per user and labels."""
-    edges = np.unique(np.quantile(activity, [0.25, 0.5, 0.75]))
-    idx = np.searchsorted(edges, activity, side="right")
-    labels = []
-    for b in range(len(edges) + 1):
-        a = activity[idx == b]
-        labels.append(f"{int(a.min())}-{int(a.max())}" if len(a) else "-")
+    """Activity quartiles (of the evaluated users; a bucket is (q_i, q_i+1], ties leave some empty and those are
+    dropped) -> bucket index per user and labels (the bucket's activity range)."""
+    edges = np.quantile(activity, [0.25, 0.5, 0.75])
+    _, idx = np.unique(np.searchsorted(edges, activity, side="left"), return_inverse=True)
+    idx = idx.reshape(-1)
+    labels = [f"{int(activity[idx == b].min())}-{int(activity[idx == b].max())}" for b in range(idx.max() + 1)]
     return idx, labels
 
 
@@ -264,8 +263,9 @@ def main_table(dataset: str, seeds: dict) -> list[str]:
     keys = ["most_popular"] + [k for k in ROWS if any(k in r for r in runs)]
     head = "| model | " + " | ".join(m.replace("hitrate", "HR").replace("recall", "Recall").replace("ndcg", "NDCG")
                                      for m in _metrics()) + " | epochs |"
-    out = [f"**{dataset}** (test split, full corpus, the user's train + valid items filtered; "
-           f"{len(runs)} seed(s) {', '.join(seeds)}: mean (min-max))", "", head, "|---|" + "---|" * (len(KS) * 3 + 1)]
+    title = (f"**{dataset}** (test split, full corpus, the user's train + valid items filtered; "
+             f"{len(runs)} seed(s) {', '.join(seeds)}: mean (min-max))")
+    out = [title, "", head, "|---|" + "---|" * (len(KS) * 3 + 1)]
     for key in keys:
         epochs = [r[key].get("epochs") for r in runs if key in r] if key != "most_popular" else []
         ep = "/".join(str(e) for e in epochs if e is not None) or "-"
@@ -293,8 +293,61 @@ def analysis_text(dataset: str, a: dict, images: list[str]) -> list[str]:
     return out
 
 
-def tables(results: dict, analysis: dict, images: dict) -> str:
+def _compare(runs: list[dict], a: str, b: str, metric: str = "recall@50") -> tuple[str, str] | None:
+    """("holds" / "does not hold here", "a X vs b Y") for `a` above `b` on the seeds' mean; None when one is
+    missing. Overlapping seed ranges are said."""
+    va, vb = _vals(runs, a, metric), _vals(runs, b, metric)
+    if not va or not vb:
+        return None
+    verdict = "holds" if np.mean(va) > np.mean(vb) else "does not hold here"
+    if len(va) > 1 and len(vb) > 1 and min(va) <= max(vb) and max(va) >= min(vb):
+        verdict += " (the seeds' ranges overlap)"
+    return verdict, f"{metric} {_cell(va)} vs {_cell(vb)}"
+
+
+def claims(dataset: str, seeds: dict, a: dict | None) -> list[str]:
+    """The paper's claims checked on this dataset's numbers (test, seen filtered, mean over seeds)."""
+    runs = list(seeds.values())
     out = []
+    fixed = [k for k in ("fixed_k1", "fixed_k2", "fixed_k4", "fixed_k8") if _vals(runs, k, "recall@50")]
+    if fixed and _vals(runs, "aisl_pcl", "recall@50"):
+        best = max(fixed, key=lambda k: np.mean(_vals(runs, k, "recall@50")))
+        verdict, nums = _compare(runs, "aisl_pcl", best)
+        line = f"adaptive k above the best fixed K (K = {best[-1]}): {verdict} ({nums})"
+        if a is not None:
+            low = {k: v[0] for k, v in a["recall@50"].items()}
+            others = {k: v for k, v in low.items() if k != "aisl_pcl"}
+            if others:
+                top = max(others, key=others.get)
+                line += (f"; least active quartile ({a['buckets'][0]}, seed 0): "
+                         f"{'holds' if low['aisl_pcl'] > others[top] else 'does not hold here'} "
+                         f"({low['aisl_pcl']:.4f} vs fixed K = {top[-1]} {others[top]:.4f}); served k: mean "
+                         f"{a['mean_k'][-1]:.2f}, per quartile " + ", ".join(f"{m:.2f}" for m in a["mean_k"][:-1]))
+        out.append(line)
+    for other, what in (("no_pcl", "PCL above no PCL"), ("no_collision", "collision masking above none"),
+                        ("learned_protos", "k-means prototypes above learned ones"),
+                        ("youtube_dnn", "AISL + PCL above YouTube DNN")):
+        c = _compare(runs, "aisl_pcl", other)
+        if c:
+            out.append(f"{what}: {c[0]} ({c[1]})")
+    return [f"*{dataset}, the paper's claims, checked* (Recall@50, test, seen filtered; mean (min-max) over seeds):",
+            ""] + [f"- {x}" for x in out] + [""] if out else []
+
+
+def setup_text() -> list[str]:
+    per = "; ".join(f"{d}: batch {c['batch_size']}, at most {c['epochs']} epochs, P = {c['prototypes']} prototypes, "
+                    f"activeness [{', '.join(c['activeness'])}]" for d, c in DATASETS.items())
+    return [(f"Setup: every query reads only the user's history (YouTube DNN / DSSM: `query_features: [history]`; "
+            "the multi-interest models: `history: history`, AISL also `activeness_features`); output_dim 64, "
+            "temperature 0.05, logQ correction, Adam 0.002, early stopping on valid Recall@50 (patience 1, best "
+            f"epoch restored; the epochs column counts the epochs trained). AISL + PCL: K_max = {K_MAX}, adaptive, "
+            "k-means prototypes re-clustered every epoch, collision masking, prototype loss weight 0.1; MIND / "
+            f"ComiRec K = 4. {per}. Most popular: the popularity baseline of the runs (train + valid counts, same "
+            "filter)."), ""]
+
+
+def tables(results: dict, analysis: dict, images: dict) -> str:
+    out = setup_text()
     for dataset in DATASETS:
         if dataset not in results or not any(results[dataset].values()):
             out += [f"**{dataset}**: not yet run.", ""]
@@ -302,6 +355,7 @@ def tables(results: dict, analysis: dict, images: dict) -> str:
         out += main_table(dataset, results[dataset])
         if dataset in analysis:
             out += analysis_text(dataset, analysis[dataset], images.get(dataset, []))
+        out += claims(dataset, results[dataset], analysis.get(dataset))
     return "\n".join(out)
 
 

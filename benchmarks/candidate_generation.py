@@ -25,6 +25,7 @@ import os
 import shlex
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -131,14 +132,13 @@ def run_row(key: str, dataset: str, seed: int, run_dir: Path) -> dict:
             "epochs": max(0, len(history.read_text().splitlines()) - 1) if history.exists() else None}
 
 
-def bench_dataset(dataset: str, seed: int, out: Path, only: set[str] | None) -> dict:
+def bench_dataset(dataset: str, seed: int, out: Path, only: set[str] | None, done) -> None:
+    """Every row (or `only` those) of one dataset and seed; `done(key, metrics)` after each."""
     root = out / dataset / f"seed{seed}"
-    res = {}
     for key in ROWS:
         if only is None or key in only:
             _log(f"{dataset} seed {seed}: {key}")
-            res[key] = run_row(key, dataset, seed, root / key)
-    return res
+            done(key, run_row(key, dataset, seed, root / key))
 
 
 # -- analysis: k and recall per activity bucket (seed 0) ----------------------------------------------------------
@@ -359,6 +359,28 @@ def tables(results: dict, analysis: dict, images: dict) -> str:
     return "\n".join(out)
 
 
+def load_results(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"runs": {}, "analysis": {}}
+
+
+def save_results(path: Path, update) -> None:
+    """Read, `update(stored)`, replace atomically: what another benchmark process on the same --out wrote in
+    between stays (each process writes only its own rows)."""
+    stored = load_results(path)
+    update(stored)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(stored, indent=1, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def put_run(stored: dict, dataset: str, seed: int, key: str, metrics: dict) -> None:
+    stored["runs"].setdefault(dataset, {}).setdefault(str(seed), {})[key] = metrics
+
+
+def put_analysis(stored: dict, dataset: str, a: dict) -> None:
+    stored["analysis"][dataset] = a
+
+
 def write_card(text: str, command: str) -> None:
     from cards import write_block
 
@@ -379,24 +401,20 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.json"
-    stored = json.loads(results_file.read_text()) if results_file.exists() else {}
-    results, analysis = stored.get("runs", {}), stored.get("analysis", {})
     only = set(args.only) if args.only else None
-
-    def save():
-        tmp = results_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"runs": results, "analysis": analysis}, indent=1, default=float) + "\n")
-        os.replace(tmp, results_file)
 
     for dataset in [] if args.card_only else args.datasets:
         for seed in args.seeds:
-            results.setdefault(dataset, {}).setdefault(str(seed), {}).update(bench_dataset(dataset, seed, out, only))
-            save()
+            def done(key: str, metrics: dict, dataset=dataset, seed=seed) -> None:
+                save_results(results_file, partial(put_run, dataset=dataset, seed=seed, key=key, metrics=metrics))
+
+            bench_dataset(dataset, seed, out, only, done)
         if not args.no_analysis and 0 in args.seeds:
             a = analyse(dataset, out)
             if a is not None:
-                analysis[dataset] = a
-                save()
+                save_results(results_file, partial(put_analysis, dataset=dataset, a=a))
+    stored = load_results(results_file)
+    results, analysis = stored["runs"], stored["analysis"]
     images = {d: plots(d, a) for d, a in analysis.items()} if not args.no_analysis else \
         {d: [f"cg_{d}_k_by_activity.png", f"cg_{d}_recall_by_activity.png"] for d in analysis}
     text = tables(results, analysis, images)

@@ -76,3 +76,14 @@ def test_claims_say_holds_or_not_with_the_numbers(aisl, fixed, verdict):
 def test_overlapping_seed_ranges_are_said():
     seeds = {"0": _run(aisl_pcl=0.30, no_pcl=0.32), "1": _run(aisl_pcl=0.36, no_pcl=0.31)}
     assert cg._compare(list(seeds.values()), "aisl_pcl", "no_pcl")[0] == "holds (the seeds' ranges overlap)"
+
+
+def test_results_file_keeps_what_another_process_wrote(tmp_path):
+    path = tmp_path / "results.json"
+    cg.save_results(path, lambda st: cg.put_run(st, "a", 0, "mind", {"x": 1}))
+    cg.save_results(path, lambda st: cg.put_run(st, "b", 1, "dssm", {"x": 2}))      # a second process
+    cg.save_results(path, lambda st: cg.put_run(st, "a", 0, "dssm", {"x": 3}))
+    cg.save_results(path, lambda st: cg.put_analysis(st, "a", {"k": 1}))
+    assert cg.load_results(path) == {"runs": {"a": {"0": {"mind": {"x": 1}, "dssm": {"x": 3}}},
+                                              "b": {"1": {"dssm": {"x": 2}}}}, "analysis": {"a": {"k": 1}}}
+    assert [f.name for f in tmp_path.iterdir()] == ["results.json"]

@@ -142,14 +142,20 @@ def bench_dataset(dataset: str, seed: int, out: Path, only: set[str] | None, don
 
 
 # -- analysis: k and recall per activity bucket (seed 0) ----------------------------------------------------------
+def _recall(top: np.ndarray, relevant: np.ndarray) -> float:
+    """One user's recall of a top-K list (-1 pads): distinct relevant items hit / distinct relevant items (a
+    place checked in twice counts once, as training.retrieval's metrics count it)."""
+    relevant = np.unique(relevant)
+    return float(np.isin(relevant, top[top >= 0]).sum() / len(relevant))
+
+
 def _per_user(model, data) -> dict:
     """Per evaluated test user: recall@50 (seen filtered), user_activity, and (multi-interest) the served k."""
     r = evaluate_retrieval(model, data, split="test", ks=(50,), popularity=False, return_lists=True)
     lists = r["lists"]
     top = lists["filtered"][:, :50]
     indptr, rel = lists["relevant"]
-    recall = np.array([np.isin(rel[indptr[u]:indptr[u + 1]], top[u][top[u] >= 0]).sum() / (indptr[u + 1] - indptr[u])
-                       for u in range(len(top))])
+    recall = np.array([_recall(top[u], rel[indptr[u]:indptr[u + 1]]) for u in range(len(top))])
     spec = model.spec
     user_key, time_key = spec.keys["user"], spec.keys.get("time")
     cols = read_columns(data, "test", list(model.query_inputs) + [c for c in (user_key, time_key, "user_activity")
@@ -323,6 +329,10 @@ def claims(dataset: str, seeds: dict, a: dict | None) -> list[str]:
                          f"{'holds' if low['aisl_pcl'] > others[top] else 'does not hold here'} "
                          f"({low['aisl_pcl']:.4f} vs fixed K = {top[-1]} {others[top]:.4f}); served k: mean "
                          f"{a['mean_k'][-1]:.2f}, per quartile " + ", ".join(f"{m:.2f}" for m in a["mean_k"][:-1]))
+            used = [j + 1 for j in range(K_MAX) if any(row[j] for row in a["k_counts"])]
+            if len(used) == 1:
+                line += (f". CAUTION: AISL serves k = {used[0]} to every user, so no difference here comes from "
+                         "choosing k per user")
         out.append(line)
     for other, what in (("no_pcl", "PCL above no PCL"), ("no_collision", "collision masking above none"),
                         ("learned_protos", "k-means prototypes above learned ones"),

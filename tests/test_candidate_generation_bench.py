@@ -64,13 +64,16 @@ def test_table_has_most_popular_published_rows_and_seed_range():
 @pytest.mark.parametrize("aisl, fixed, verdict", [(0.3, 0.2, "holds"), (0.2, 0.3, "does not hold here")])
 def test_claims_say_holds_or_not_with_the_numbers(aisl, fixed, verdict):
     seeds = {"0": _run(aisl_pcl=aisl, fixed_k1=fixed, fixed_k4=0.1, no_pcl=fixed)}
-    a = {"buckets": ["1-5", "6-9"], "mean_k": [1.0, 2.0, 1.5],
+    a = {"buckets": ["1-5", "6-9"], "mean_k": [1.0, 2.0, 1.5], "k_counts": [[3, 0] + [0] * 6, [1, 4] + [0] * 6],
          "recall@50": {"aisl_pcl": [aisl, 0.5, 0.4], "fixed_k1": [fixed, 0.6, 0.5]}}
     lines = cg.claims("x", seeds, a)
     adaptive = next(x for x in lines if x.startswith("- adaptive k"))
     assert f"best fixed K (K = 1): {verdict} (recall@50 {aisl:.4f} vs {fixed:.4f})" in adaptive
     assert f"least active quartile (1-5, seed 0): {verdict}" in adaptive
     assert f"- PCL above no PCL: {verdict}" in "\n".join(lines)
+    assert "CAUTION" not in adaptive
+    a["k_counts"] = [[3] + [0] * 7, [5] + [0] * 7]             # k = 1 for every user
+    assert "CAUTION: AISL serves k = 1 to every user" in cg.claims("x", seeds, a)[2]
 
 
 def test_overlapping_seed_ranges_are_said():
@@ -87,3 +90,8 @@ def test_results_file_keeps_what_another_process_wrote(tmp_path):
     assert cg.load_results(path) == {"runs": {"a": {"0": {"mind": {"x": 1}, "dssm": {"x": 3}}},
                                               "b": {"1": {"dssm": {"x": 2}}}}, "analysis": {"a": {"k": 1}}}
     assert [f.name for f in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_per_user_recall_counts_a_repeated_relevant_item_once():
+    assert cg._recall(np.array([4, 7, -1]), np.array([7, 7, 9])) == 0.5
+    assert cg._recall(np.array([-1, -1]), np.array([3])) == 0.0

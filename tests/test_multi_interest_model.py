@@ -18,6 +18,12 @@ from tfrec_zoo.models import MODELS, build_model
 from training.fit import fit_model
 from training.retrieval import corpus_vectors, evaluate_retrieval
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every build starts from the same weights: the numpy comparisons hold for any, but a failure reproduces."""
+    tf.keras.utils.set_random_seed(0)
+
+
 TOY = parse_spec({
     "name": "toy", "keys": {"user": "user_id", "item": "item_id"},
     "features": [
@@ -154,7 +160,7 @@ def test_all_interests_loss_scores_every_slot():
                                                              "logq_correction": False})
     feats, batch = _batch()
     selection = model.get_layer("query_tower").get_layer("interest_selection")
-    w, b = selection.logits.get_weights()
+    w, _ = selection.logits.get_weights()
     selection.logits.set_weights([w * 0, np.array([10.0, 0, 0, 0], np.float32)])     # serving k = 1 for everyone
     assert model.loss_weights["all_interests"] == 0.0
     model.set_loss_weights({"all_interests": 1.0, "retrieval": 0.0})
@@ -252,7 +258,7 @@ def test_kmeans_is_lloyds_fixed_point_and_seeded():
     assert sorted(np.bincount(a)) == [50, 50, 50, 50]
     for j in range(4):                                     # each centroid is the mean of its members
         np.testing.assert_allclose(c[j], x[a == j].mean(0), rtol=1e-5, atol=1e-5)
-    c2, a2 = kmeans(x, 4, seed=1, spherical=False)
+    _, a2 = kmeans(x, 4, seed=1, spherical=False)
     np.testing.assert_array_equal(a, a2)
     cs, _ = kmeans(x, 3, seed=0)
     np.testing.assert_allclose(np.linalg.norm(cs, axis=1), 1.0, rtol=1e-5)

@@ -53,12 +53,22 @@ import numpy as np
 from .._tf import keras, tf
 from ..features.spec import DenseFeature, FeatureSpec, SequenceFeature
 from ..inputs import FeatureEmbeddings, at_level, build_inputs
-from ..layers.multi_interest import (NEG, AdaptiveInterestSelection, CapsuleInterests, SelfAttentiveInterests,
-                                     collision_mask, kmeans, mask_collisions, multi_interest_scores,
-                                     nearest_prototype, prototype_contrastive_loss)
+from ..layers.multi_interest import (
+    NEG,
+    AdaptiveInterestSelection,
+    CapsuleInterests,
+    SelfAttentiveInterests,
+    collision_mask,
+    kmeans,
+    mask_collisions,
+    multi_interest_scores,
+    nearest_prototype,
+    prototype_contrastive_loss,
+)
 from . import register_model
 from .base import ZooModel
 from .common import concat, mlp, target_and_history, used_inputs
+from .tasks import positive_row_weights
 
 __all__ = ["MultiInterestConfig", "MultiInterestModel"]
 
@@ -265,14 +275,6 @@ class MultiInterestModel(ZooModel):
                 "prototypes_in_use": int((sizes > 0).sum())}
 
     # -- loss ----------------------------------------------------------------------------------------------------------
-    def _positive_weights(self, labels, sample_weight):
-        y = labels[self.label_task] if isinstance(labels, dict) else labels
-        w = tf.cast(tf.reshape(y, [-1]) > 0, tf.float32)
-        if sample_weight is not None:
-            sw = sample_weight[self.label_task] if isinstance(sample_weight, dict) else sample_weight
-            w = w * tf.cast(tf.reshape(sw, [-1]), tf.float32)
-        return w
-
     def _candidate_logits(self, interests, mask, positives, candidates):
         """[B, N] scores of every candidate for every row, by the configured read-out."""
         if self._cfg.readout == "max":
@@ -321,7 +323,7 @@ class MultiInterestModel(ZooModel):
             if cfg.collision == "mask":
                 of = nearest_prototype(tf.stop_gradient(tf.math.l2_normalize(cands, -1)), protos)
                 removed = removed | (collision_mask(of[:batch], of) & ~diagonal)
-        w = self._positive_weights(y, sw)
+        w = positive_row_weights(y, sw, self.label_task)
 
         def row_losses(active):
             logits = self._candidate_logits(interests, active, v, cands) / cfg.temperature + shift[None, :]

@@ -92,3 +92,14 @@ class PositiveRowsSoftmax(keras.losses.Loss):
 def retrieval_task(temperature: float, remove_accidental_hits: bool) -> tfrs.tasks.Retrieval:
     return tfrs.tasks.Retrieval(loss=PositiveRowsSoftmax(), temperature=temperature,
                                 remove_accidental_hits=remove_accidental_hits, name="task_retrieval")
+
+
+def positive_row_weights(labels, sample_weight, task: str):
+    """[B] float: 1 for rows whose `task` label is > 0, times their sample weight (0 elsewhere): the rows that count
+    as positives of an in-batch softmax (the other rows' items still serve as negatives)."""
+    y = labels[task] if isinstance(labels, dict) else labels
+    w = tf.cast(tf.reshape(y, [-1]) > 0, tf.float32)
+    if sample_weight is not None:
+        sw = sample_weight[task] if isinstance(sample_weight, dict) else sample_weight
+        w = w * tf.cast(tf.reshape(sw, [-1]), tf.float32)
+    return w

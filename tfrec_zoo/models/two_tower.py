@@ -66,7 +66,7 @@ from ..inputs import FeatureEmbeddings, build_inputs
 from . import register_model
 from .base import ZooModel
 from .common import concat, mlp, pooled_sequences, used_inputs
-from .tasks import retrieval_task
+from .tasks import positive_row_weights, retrieval_task
 
 __all__ = ["TwoTowerConfig", "TwoTowerModel", "two_tower", "tower_features"]
 
@@ -192,14 +192,6 @@ class TwoTowerModel(ZooModel):
         return "retrieval"
 
     # -- loss ----------------------------------------------------------------------------------------------------------
-    def _positive_weights(self, labels, sample_weight):
-        y = labels[self.label_task] if isinstance(labels, dict) else labels
-        w = tf.cast(tf.reshape(y, [-1]) > 0, tf.float32)
-        if sample_weight is not None:
-            sw = sample_weight[self.label_task] if isinstance(sample_weight, dict) else sample_weight
-            w = w * tf.cast(tf.reshape(sw, [-1]), tf.float32)
-        return w
-
     def compute_loss(self, inputs, training: bool = False):
         """In-batch softmax loss of a `(features, labels[, sample_weights])` batch as `make_dataset` yields it
         (tfrs.tasks.Retrieval: temperature, logQ sampling-probability correction, accidental-hit removal)."""
@@ -213,7 +205,8 @@ class TwoTowerModel(ZooModel):
                 self.item_counts.scatter_add(tf.IndexedSlices(tf.ones_like(rows, tf.float32), rows))
                 self.rows_seen.assign_add(tf.cast(tf.shape(rows)[0], tf.float32))
             prob = tf.gather(self.item_counts, rows) / tf.maximum(self.rows_seen, 1.0)
-        loss = self._retrieval(q, v, sample_weight=self._positive_weights(y, sw), candidate_sampling_probability=prob,
+        loss = self._retrieval(q, v, sample_weight=positive_row_weights(y, sw, self.label_task),
+                               candidate_sampling_probability=prob,
                                candidate_ids=rows if self._cfg.remove_accidental_hits else None,
                                compute_metrics=False, compute_batch_metrics=False)
         self._trackers["retrieval_loss"].update_state(loss)

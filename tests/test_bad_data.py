@@ -369,7 +369,10 @@ def _start_slow_write(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITE, "data", "write", "--spec", str(tmp_path / "s.yaml"),
                              "--input", str(src), "--out", str(out), "--split", "none"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a runner started in the background (`cmd &` in a script) hands its children SIGINT
+                            # ignored, and Python then never raises KeyboardInterrupt: give the writer the default
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:
         staged = [p for p in tmp_path.glob(".out.tmp-*") if (p / "manifest.json").exists()]

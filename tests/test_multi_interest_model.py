@@ -18,13 +18,14 @@ from tfrec_zoo.models import MODELS, build_model
 from training.fit import fit_model
 from training.retrieval import corpus_vectors, evaluate_retrieval
 
+
 @pytest.fixture(autouse=True)
 def _seeded():
     """Every build starts from the same weights: the numpy comparisons hold for any, but a failure reproduces."""
     tf.keras.utils.set_random_seed(0)
 
 
-TOY = parse_spec({
+TOY_RAW = {
     "name": "toy", "keys": {"user": "user_id", "item": "item_id"},
     "features": [
         {"name": "user_id", "kind": "id", "embedding_dim": 8},
@@ -33,7 +34,8 @@ TOY = parse_spec({
         {"name": "hist", "kind": "sequence", "max_len": 4, "fields": [
             {"name": "hist_item", "shares_embedding_with": "item_id"}]},
         {"name": "click", "kind": "label"},
-    ]}, "toy.yaml")
+    ]}
+TOY = parse_spec(TOY_RAW, "toy.yaml")
 ART = Artifacts(vocabs={"user_id": list(range(10)), "item_id": list(range(20))}, stats={"activity": {}})
 ITEMS = np.array([1, 2, 3, 2, 5, 6, 7, 8])             # item 2 twice: an accidental hit
 CLICK = np.array([1, 1, 0, 1, 1, 0, 1, 1], np.float32)
@@ -224,6 +226,15 @@ def test_bad_configs_fail_with_one_clear_line(params, message):
     with pytest.raises(ValueError) as err:
         build_model("adaptive_interests_pcl", TOY, ART, params)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_hashed_item_table_is_refused_not_skipped():
+    # mixed negatives, k-means and retrieval all enumerate the corpus: without a vocabulary there is none
+    hashed = parse_spec({**TOY_RAW, "features": [{**f, "hash_buckets": 64} if f["name"] == "item_id" else f
+                                                 for f in TOY_RAW["features"]]}, "hashed.yaml")
+    art = Artifacts(vocabs={"user_id": list(range(10))}, stats={"activity": {}})
+    with pytest.raises(ValueError, match="needs a vocabulary for 'item_id'.*hashed or empty"):
+        build_model("adaptive_interests_pcl", hashed, art, {"mixed_negatives": 4})
 
 
 def test_registry_holds_the_paper_model_and_its_baselines():

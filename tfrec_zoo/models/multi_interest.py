@@ -69,6 +69,7 @@ from . import register_model
 from .base import ZooModel
 from .common import concat, mlp, target_and_history, used_inputs
 from .tasks import positive_row_weights
+from .two_tower import relevance_outputs
 
 __all__ = ["MultiInterestConfig", "MultiInterestModel"]
 
@@ -154,8 +155,11 @@ class MultiInterestModel(ZooModel):
     def __init__(self, spec: FeatureSpec, artifacts, cfg: MultiInterestConfig, name: str = "multi_interest",
                  **kwargs):
         item_key, history, hist_field = target_and_history(spec, None, cfg.history or None)
-        n_rows = artifacts.vocab_size(spec, spec.table_of(item_key))
         vocab = np.asarray(artifacts.vocabs.get(spec.table_of(item_key), []))
+        if not len(vocab):      # the corpus to retrieve from, draw mixed negatives from and cluster is the vocabulary
+            raise ValueError(f"{spec.source}: {name} needs a vocabulary for {item_key!r} (the retrieval corpus); "
+                             f"its table {spec.table_of(item_key)!r} is hashed or empty: give it `vocab:`")
+        n_rows = artifacts.vocab_size(spec, spec.table_of(item_key))
         _check(cfg, spec, len(vocab), name)
         binary = [lab for lab in spec.labels if lab.type == "binary"]
         label = cfg.label or (binary[0].task if binary else "")
@@ -225,11 +229,7 @@ class MultiInterestModel(ZooModel):
         dots = tf.einsum("bkd,bd->bk", q["interests"], item_vec)
         score = tf.reduce_max(tf.where(q["mask"] > 0.5, dots, NEG), axis=1, keepdims=True)
         logit = keras.layers.Rescaling(1.0 / cfg.temperature, name="score")(score)
-        outputs = {}
-        for lab in spec.labels:
-            out = keras.layers.Activation("sigmoid", name=f"{lab.task}_prob")(logit) if lab.type == "binary" \
-                else logit
-            outputs[lab.task] = keras.layers.Reshape((), name=lab.task)(out)
+        outputs = relevance_outputs(spec, logit)
         aux = {"retrieval": 1.0}
         if cfg.prototypes:
             aux["prototype"] = 0.1
@@ -244,7 +244,7 @@ class MultiInterestModel(ZooModel):
         self._train_query = train_query
         self._item_lookup = emb.lookup(spec.table_of(item_key))
         object.__setattr__(self, "_cfg", cfg)
-        object.__setattr__(self, "_vocab", tf.constant(vocab) if len(vocab) else None)
+        object.__setattr__(self, "_vocab", tf.constant(vocab))
         self.item_counts = tf.Variable(tf.zeros([n_rows], tf.float32), trainable=False, name="logq_item_counts")
         self.rows_seen = tf.Variable(0.0, trainable=False, name="logq_rows_seen")
         if cfg.prototypes:
@@ -295,7 +295,7 @@ class MultiInterestModel(ZooModel):
         rows = self._item_lookup(x[self.item_key])
         batch = tf.shape(rows)[0]
         cands, cand_rows = v, rows
-        if cfg.mixed_negatives and self._vocab is not None:
+        if cfg.mixed_negatives:
             pick = tf.random.uniform([cfg.mixed_negatives], 0, tf.shape(self._vocab)[0], dtype=tf.int32)
             sampled = tf.gather(self._vocab, pick)
             cands = tf.concat([v, self.item_model({self.item_key: sampled}, training=training)], 0)
@@ -308,7 +308,7 @@ class MultiInterestModel(ZooModel):
                 self.rows_seen.assign_add(tf.cast(batch, tf.float32))
             p = tf.gather(self.item_counts, rows) / tf.maximum(self.rows_seen, 1.0)
             expected = tf.cast(batch, tf.float32) * p
-            if cfg.mixed_negatives and self._vocab is not None:
+            if cfg.mixed_negatives:
                 n_vocab = tf.cast(tf.shape(self._vocab)[0], tf.float32)
                 expected = tf.concat([expected, tf.fill([cfg.mixed_negatives], cfg.mixed_negatives / n_vocab)], 0)
             shift = -tf.math.log(tf.maximum(expected, 1e-9))

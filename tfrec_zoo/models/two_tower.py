@@ -126,6 +126,16 @@ def _tower(spec: FeatureSpec, emb: FeatureEmbeddings, features: list[str], units
     return keras.Model(used_inputs(inputs, x), x, name=name)
 
 
+def relevance_outputs(spec: FeatureSpec, logit) -> dict:
+    """The ZooModel contract of a retrieval model, {task: [B]}: sigmoid(logit) for binary labels, the logit for
+    regression ones (an uncalibrated relevance score: the model is never trained on those targets)."""
+    outputs = {}
+    for lab in spec.labels:
+        out = keras.layers.Activation("sigmoid", name=f"{lab.task}_prob")(logit) if lab.type == "binary" else logit
+        outputs[lab.task] = keras.layers.Reshape((), name=lab.task)(out)
+    return outputs
+
+
 class TwoTowerModel(ZooModel):
     """Query tower + item tower, trained with in-batch softmax (see the module docstring).
 
@@ -164,11 +174,7 @@ class TwoTowerModel(ZooModel):
         v = item_model({k: inputs[k] for k in item_model.input_names})
         score = keras.layers.Dot(axes=1, name="score_dot")([q, v])
         logit = keras.layers.Rescaling(1.0 / cfg.temperature, name="score")(score)
-        outputs = {}
-        for lab in spec.labels:
-            out = keras.layers.Activation("sigmoid", name=f"{lab.task}_prob")(logit) if lab.type == "binary" \
-                else logit
-            outputs[lab.task] = keras.layers.Reshape((), name=lab.task)(out)
+        outputs = relevance_outputs(spec, logit)
         # one loss, the in-batch softmax (no per-label task: the outputs are an uncalibrated relevance score)
         super().__init__(inputs, outputs, spec=spec, name="two_tower", tasks={},
                          aux_loss_weights={"retrieval": 1.0}, **kwargs)

@@ -109,10 +109,24 @@ def test_select_rows_keeps_drops_and_shares_exactly(dataset, tmp_path):
     assert manifest["extra"]["rows"]["counts"]["train"] == {"rows": 2000, "kept": kept.rows("train")}
 
 
+def test_select_rows_keeps_the_positive_rows_of_a_binary_label(dataset, tmp_path):
+    """What an autoencoder pretrains on (MACDAE: the positive train pairs): `rows: {keep: {like: [1]}}`."""
+    parent = open_dataset(dataset)
+    positives = select_rows(parent, RowSelection.parse({"keep": {"like": [1]}}), tmp_path, log=lambda *_: None)
+    negatives = select_rows(parent, RowSelection.parse({"drop": {"like": [1]}}), tmp_path, log=lambda *_: None)
+    for split, n, seed in (("train", 2000, 0), ("test", 400, 2)):
+        want = int(frame(n, seed)["like"].sum())
+        assert 0 < positives.rows(split) == want and negatives.rows(split) == n - want
+    labels = np.concatenate([b[1]["like"].numpy() for b in positives.dataset("train", 4096, features=["item_id"])])
+    assert set(labels.tolist()) == {1.0}
+
+
 def test_select_rows_errors(dataset, tmp_path):
     parent = open_dataset(dataset)
-    with pytest.raises(ValueError, match="rows.keep.tags: not an id or domain column"):
+    with pytest.raises(ValueError, match="rows.keep.tags: not an id, domain or binary label column"):
         select_rows(parent, RowSelection.parse({"keep": {"tags": ["a"]}}), tmp_path)
+    with pytest.raises(ValueError, match=r"rows.keep.like: like is a binary label: use \[0\] or \[1\], got \[2\]"):
+        select_rows(parent, RowSelection.parse({"keep": {"like": [2]}}), tmp_path)
     with pytest.raises(ValueError, match="rows.keep.domain: domain holds integers"):
         select_rows(parent, RowSelection.parse({"keep": {"domain": ["zero"]}}), tmp_path)
     with pytest.raises(ValueError, match="rows: keeps no train row"):

@@ -206,6 +206,18 @@ def _pointwise(exp, model, data) -> tuple[dict, str]:
     return results, ""
 
 
+@register_protocol("losses")
+def _losses(exp, model, data) -> tuple[dict, str]:
+    """A label-free model (an autoencoder's pretraining): each of its losses, unweighted, averaged per split."""
+    ev = exp.evaluation or {}
+    results = {}
+    for split in ev.get("splits", ["valid", "test"]):
+        if split in data.manifest["splits"]:
+            ds = data.dataset(split, 4096, features=list(model.input_names))
+            results[split] = {"overall": {"losses": model.mean_losses(ds, ev.get("max_batches"))}}
+    return results, " (label-free: the model's own losses, unweighted)"
+
+
 @register_protocol("retrieval")
 def _retrieval(exp, model, data) -> tuple[dict, str]:
     """Full-corpus Recall / HitRate / NDCG@K (+ the popularity baseline) per split: training/retrieval.py's protocol.

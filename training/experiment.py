@@ -90,8 +90,8 @@ _REQUIRED = ("name", "dataset", "model")
 _SUBKEYS = {"optimizer": {"name", "learning_rate", "clipnorm"},
             "early_stopping": {"monitor", "mode", "patience", "min_delta"},
             "evaluation": {"splits", "group_by", "domain", "max_batches", "ks", "max_users", "modes", "max_rows"},
-            "pretrain": {"model", "dataset", "params", "losses", "epochs", "optimizer", "batch_size", "include", "exclude",
-                         "freeze", "freeze_level"},
+            "pretrain": {"model", "dataset", "rows", "params", "losses", "epochs", "optimizer", "batch_size", "include",
+                         "exclude", "freeze", "freeze_level"},
             "restore": {"checkpoint", "from", "include", "exclude", "freeze", "freeze_level"},
             "tune": {"algorithm", "max_trials", "objective", "direction", "space", "epochs", "executions_per_trial",
                      "max_epochs", "factor"}}
@@ -190,6 +190,8 @@ def parse_experiment(raw: Any, source: str = "<memory>", overrides: list[str] | 
             fail("pretrain.model", "is required", "name the pretraining model, e.g. seminar_psu")
         if exp.restore:
             fail("pretrain", "both `pretrain` and `restore` are set", "keep one: pretrain restores its own run")
+        if "rows" in exp.pretrain:
+            _check_rows(exp.pretrain["rows"], "pretrain.rows", fail)
         try:
             model_config(exp.pretrain["model"], pretrain_params(exp), source="pretrain.params")
         except (ValueError, TypeError) as e:
@@ -277,17 +279,26 @@ def as_stages(exp: Experiment) -> tuple[list[dict], dict | None]:
     if exp.pretrain:
         pre = exp.pretrain
         stage = {"name": "pretrain", "model": pre["model"], "params": pretrain_params(exp), "tasks": exp.tasks,
-                 **{k: pre[k] for k in ("dataset", "losses", "epochs", "optimizer", "batch_size") if k in pre}}
+                 **{k: pre[k] for k in ("dataset", "rows", "losses", "epochs", "optimizer", "batch_size") if k in pre}}
         keys = ("include", "exclude", "freeze", "freeze_level")
         return [stage], {"from": "pretrain", **{k: pre[k] for k in keys if k in pre}}
     return list(exp.stages or []), exp.restore
 
 
 def pretrain_params(exp: Experiment) -> dict:
-    """The pretraining model's params: the fine-tuning params overridden by `pretrain.params`, less the
-    `freeze_*` ones (they keep restored weights fixed while fine-tuning; pretraining is what trains them)."""
-    fine = {k: v for k, v in exp.params.items() if not k.startswith("freeze_")}
-    return {**fine, **(exp.pretrain or {}).get("params", {})}
+    """The pretraining model's params: the fine-tuning params it has too (an autoencoder pretrained for Wide&Deep
+    shares the encoder's, not the deep tower's), overridden by `pretrain.params`, less the `freeze_*` ones (they keep
+    restored weights fixed while fine-tuning; pretraining is what trains them)."""
+    import dataclasses
+
+    from tfrec_zoo.models import MODELS, _load_all
+
+    pre = exp.pretrain or {}
+    _load_all()
+    entry = MODELS.get(pre.get("model"))
+    known = {f.name for f in dataclasses.fields(entry.config_cls)} if entry else None
+    fine = {k: v for k, v in exp.params.items() if not k.startswith("freeze_") and (known is None or k in known)}
+    return {**fine, **pre.get("params", {})}
 
 
 MAX_EXPERIMENT_BYTES = 1 << 20  # a hand-written config; anything larger is a wrong path (or a device)

@@ -8,8 +8,9 @@ that domain alone (`keep` + `share`). The subset keeps the parent's spec and art
 fitted on the parent's train split), so a model pretrained on one subset and fine-tuned on another sees the same
 ids at the same rows, and restoring needs no remapping.
 
-* keep / drop: `{column: [values]}` of scalar id / domain columns; a row is kept when every `keep` column's value is
-  in its list and no `drop` column's value is in its list.
+* keep / drop: `{column: [values]}` of scalar id / domain columns, or of a binary label (`{click: [1]}`: the
+  positive rows, what an autoencoder pretrains on); a row is kept when every `keep` column's value is in its list
+  and no `drop` column's value is in its list.
 * share: `{split: fraction}`; a row of that split is kept when a keyed hash of its serialized bytes falls in the
   first `fraction` of the hash range: the same rows for the same seed whatever the shard order, independent rows
   for another seed.
@@ -81,15 +82,21 @@ class RowSelection:
                 "share": dict(self.share), "seed": self.seed}
 
     def check(self, spec: FeatureSpec, where: str = "rows") -> None:
-        """Every column is a scalar id / domain column of `spec` and its values have the column's type."""
+        """Every column is a scalar id / domain column or a binary label of `spec` and its values have the column's
+        type (a label's: 0 or 1)."""
         columns = {f.name: f for f in spec.inputs if f.kind in ("id", "domain")}
+        columns.update({lab.name: lab for lab in spec.labels if lab.type == "binary"})
         for key, table in (("keep", self.keep), ("drop", self.drop)):
             for col, values in table.items():
                 f = columns.get(col)
                 if f is None:
-                    raise ValueError(f"{where}.{key}.{col}: not an id or domain column of {spec.source} "
+                    raise ValueError(f"{where}.{key}.{col}: not an id, domain or binary label column of {spec.source} "
                                      f"(those: {', '.join(sorted(columns)) or 'none'})")
-                if f.dtype == "int64" and not all(isinstance(v, int) for v in values):
+                if f.kind == "label":
+                    if not all(v in (0, 1) and isinstance(v, int) for v in values):
+                        raise ValueError(f"{where}.{key}.{col}: {col} is a binary label: use [0] or [1], got "
+                                         f"{list(values)!r}")
+                elif f.dtype == "int64" and not all(isinstance(v, int) for v in values):
                     raise ValueError(f"{where}.{key}.{col}: {col} holds integers, got {list(values)!r}")
         for split in self.share:
             if split not in ("train", "valid", "test"):
@@ -144,8 +151,9 @@ def _write_split(parent: DatasetDir, selection: RowSelection, split: str, root: 
 
     compression = parent.manifest.get("compression", "GZIP")
     columns = sorted({*selection.keep, *selection.drop})
-    desc = {c: tf.io.FixedLenFeature([], tf.int64 if parent.spec[c].dtype == "int64" else tf.string)
-            for c in columns}
+    kinds = {c: _kind(parent.spec[c]) for c in columns}
+    desc = {c: tf.io.FixedLenFeature([], {"int64": tf.int64, "label": tf.float32}.get(k, tf.string))
+            for c, k in kinds.items()}
     share = selection.share.get(split)
     ds = tf.data.TFRecordDataset([str(f) for f in parent.files(split)], compression_type=compression).batch(8192)
     counts = {"rows": 0, "kept": 0}
@@ -156,9 +164,9 @@ def _write_split(parent: DatasetDir, selection: RowSelection, split: str, root: 
             mask = np.ones(len(records), bool)
             parsed = tf.io.parse_example(batch, desc) if columns else {}
             for col, values in selection.keep.items():
-                mask &= np.isin(_values(parsed[col]), _typed(values, parent.spec[col].dtype))
+                mask &= np.isin(_values(parsed[col]), _typed(values, kinds[col]))
             for col, values in selection.drop.items():
-                mask &= ~np.isin(_values(parsed[col]), _typed(values, parent.spec[col].dtype))
+                mask &= ~np.isin(_values(parsed[col]), _typed(values, kinds[col]))
             if share is not None:
                 h = tf.strings.to_hash_bucket_strong(batch, HASH_RANGE, key=[selection.seed, 20_231_021]).numpy()
                 mask &= h < int(share * HASH_RANGE)
@@ -180,5 +188,12 @@ def _values(t) -> np.ndarray:
     return np.array([x.decode() for x in v], dtype=object) if v.dtype == object else v
 
 
-def _typed(values: tuple, dtype: str) -> np.ndarray:
-    return np.array([int(v) for v in values]) if dtype == "int64" else np.array([str(v) for v in values], object)
+def _kind(f) -> str:
+    """How a selection column is stored: "label" (float32), "int64" or "string"."""
+    return "label" if f.kind == "label" else f.dtype
+
+
+def _typed(values: tuple, kind: str) -> np.ndarray:
+    if kind == "label":
+        return np.array([float(v) for v in values], np.float32)
+    return np.array([int(v) for v in values]) if kind == "int64" else np.array([str(v) for v in values], object)

@@ -81,5 +81,5 @@ def _build(name: str, spec, artifacts, cfg):
 
 
 def _load_all() -> None:
-    from . import (deepfm, din, dnn, mmoe, multi_interest, ple, seminar, seminar_psu,  # noqa: F401
-                   shared_bottom, sr_foundation, star, two_tower)  # each registers itself
+    from . import (deepfm, din, dnn, macdae, mmoe, multi_interest, nfm, ple, seminar,  # noqa: F401
+                   seminar_psu, shared_bottom, sr_foundation, star, two_tower)  # each registers itself

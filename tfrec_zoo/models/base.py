@@ -4,7 +4,8 @@ A `ZooModel` is a functional tf_keras model over `build_inputs(spec)` with `{tas
 `tfrs.models.Model`: it states its loss (`compute_loss` = the weighted sum of one Task per label plus named
 auxiliary losses) and declares
 
-    evaluation_protocol(spec)  "pointwise" | "sampled" | "retrieval" (training/evaluation.py runs each)
+    evaluation_protocol(spec)  "pointwise" | "sampled" | "retrieval" | "losses" (a label-free model: its own
+                               losses per split; training/evaluation.py runs each)
     export_kind                "ranking" (serving_default / rank / predict_raw) or "retrieval" (towers + top-K)
     export_options             {option: default} the model's `for_export` understands (e.g. a lifelong model's GSU)
     for_export(...)            the model as it should be served (a serving-only rewrite), with the parity reference
@@ -64,7 +65,17 @@ class ZooModel(tfrs.models.Model):
         _set(self, "_score_models", {})
         _set(self, "default_loss_weights", dict(aux_loss_weights or {}))
         _set(self, "ignored_features", ignored_features(spec, set(self.input_names)))
-        _set(self, "_train_model", keras.Model(inputs, {**outputs, **aux_outputs}) if aux_outputs else None)
+        train_model = keras.Model(inputs, {**outputs, **aux_outputs}) if aux_outputs else None
+        _set(self, "_train_model", train_model)
+        if train_model is not None:
+            # layers only the auxiliary losses reach (an autoencoder's decoder) are tracked by the model itself:
+            # otherwise they would get no gradient (train_step applies the model's variables), and neither a
+            # checkpoint nor a restore by name would hold them
+            own = {id(layer) for layer in self._flatten_layers(include_self=False)}
+            extra = [layer for layer in train_model.layers
+                     if id(layer) not in own and not isinstance(layer, keras.layers.InputLayer)]
+            if extra:
+                self.auxiliary_layers = extra
         weights = {lab.task: lab.loss_weight for lab in spec.labels if lab.task in self._tasks}
         weights.update(self.default_loss_weights)
         _set(self, "loss_weights", weights)
@@ -125,6 +136,18 @@ class ZooModel(tfrs.models.Model):
         return {}
 
     # -- losses ------------------------------------------------------------------------------------------------------
+    def mean_losses(self, dataset, max_batches: int | None = None) -> dict[str, float]:
+        """{loss name: its unweighted mean over `dataset`'s batches} for every loss with a non-zero weight (the
+        evaluation of a label-free model)."""
+        for t in self._trackers.values():
+            t.reset_state()
+        for i, batch in enumerate(dataset):
+            if max_batches is not None and i >= max_batches:
+                break
+            self.compute_loss(batch, training=False)
+        on = {n for n, w in self.loss_weights.items() if w}
+        return {n: float(t.result()) for n, t in self._trackers.items() if n[:-len("_loss")] in on}
+
     def auxiliary_losses(self, features: dict, outputs: dict, training: bool) -> dict[str, Any]:
         """{name: scalar} for the names in `default_loss_weights` whose weight is not 0; `outputs` holds the
         predictions and the `aux_outputs` tensors."""

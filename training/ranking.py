@@ -1,7 +1,8 @@
 """Sampled ranking evaluation (the SASRec / S3-Rec / SEMINAR protocol): each valid/test row's positive is ranked
 among the row's sampled negatives (`eval_negatives`, 99 in the lifelong datasets).
 
-Every row becomes 1 + N candidate rows that share the row's user, history and query and differ in the item id;
+Every row becomes 1 + N candidate rows that share the row's user, history and query and differ in the item id
+(and in the candidate-dependent columns the `eval_negatives` fields name by `source:`, e.g. an O2O POI's cell);
 the model scores them (by the logit it declares, `score_model(task)`: float32 sigmoids of strong candidates
 saturate to 1.0 and would tie); HIT@k / NDCG@k / MRR count ties against the model (tfrec_zoo.metrics).
 
@@ -33,6 +34,18 @@ def negatives_field(spec) -> tuple[str, str]:
         if sf.kind == "id" and spec.table_of(sf.name) == spec.table_of(item):
             return EVAL_NEGATIVES, sf.name
     raise ValueError(f"{spec.source}: eval_negatives has no id field sharing {item!r}'s table")
+
+
+def candidate_columns(spec, model_inputs: Sequence[str]) -> dict[str, str]:
+    """{candidate column: eval_negatives field} for the candidate-dependent inputs besides the item id: a field with
+    `source: COLUMN` holds each negative's value of COLUMN (an O2O POI's cell, its distance from the user), so a
+    negative is scored with its own values, not the positive's. Columns the model does not read are left out."""
+    _, id_field = negatives_field(spec)
+    out = {}
+    for sf in spec[EVAL_NEGATIVES].fields:
+        if sf.name != id_field and sf.source and sf.source in model_inputs:
+            out[sf.source] = sf.name
+    return out
 
 
 def has_sampled_protocol(spec) -> bool:
@@ -75,6 +88,7 @@ def evaluate_sampled(model, data, split: str = "test", *, modes: Sequence[str] =
     scorer, kind = scoring_model(model, task)
     inputs = list(model.input_names)
     queries = query_columns(spec, inputs)
+    per_candidate = candidate_columns(spec, inputs)
     n_neg = spec[seq].max_len
     longest = max([spec[f.name].max_len for f in spec.of_kind("sequence") if any(
         sf.name in inputs for sf in f.fields)] or [1])
@@ -84,15 +98,19 @@ def evaluate_sampled(model, data, split: str = "test", *, modes: Sequence[str] =
     for mode in modes:
         pos_all, neg_all = [], []
         seen = 0
-        for feats, _ in (b[:2] for b in data.dataset(split, batch, features=inputs + [neg_field, spec[seq].length_name])):
+        wanted = inputs + [neg_field, spec[seq].length_name, *per_candidate.values()]
+        for feats, _ in (b[:2] for b in data.dataset(split, batch, features=wanted)):
             lengths = feats[spec[seq].length_name].numpy()
             if (lengths != n_neg).any():
                 raise ValueError(f"{data.path} [{split}]: a row has {int(lengths.min())} eval negatives, the "
                                  f"protocol needs {n_neg} for every row (rebuild the dataset)")
             b = int(lengths.shape[0])
             cands = tf.concat([feats[item][:, None], feats[neg_field]], axis=1)         # [b, 1 + N]
-            x = {k: tf.repeat(feats[k], 1 + n_neg, axis=0) for k in inputs if k != item}
+            x = {k: tf.repeat(feats[k], 1 + n_neg, axis=0) for k in inputs if k != item and k not in per_candidate}
             x[item] = tf.reshape(cands, [-1])
+            for column, field in per_candidate.items():
+                values = tf.concat([feats[column][:, None], tf.cast(feats[field], feats[column].dtype)], axis=1)
+                x[column] = tf.reshape(values, [-1])
             if mode == "recommendation":
                 for q in queries:
                     x[q] = tf.fill(tf.shape(x[q]), tf.constant("", x[q].dtype)) if x[q].dtype == tf.string \

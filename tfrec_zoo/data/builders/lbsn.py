@@ -7,7 +7,9 @@ Foursquare_3 (5,000 / 8,000) and Gowalla_3 (1,000 / 24,209). Only Yelp has POI c
 * Positives: every check-in -> `checkin` = 1; exact duplicates (same user, POI and second) are dropped once.
 * Split: per user in time order (ties keep file order), last 20% -> test, the 10% before -> valid.
 * Contexts: `hour` (0-23) and `weekday` (0-6, Monday = 0) of the unix timestamp read in UTC, so for Foursquare
-  (US) and Gowalla (worldwide) they are UTC, not local, clock times. Yelp stores dates only, every one at 16:00 UTC,
+  (US) and Gowalla (worldwide) they are not local clock times. The files' unix times are themselves UTC - 8 h
+  (lbsn_ctx.py measures it), so these hours run 8 h behind UTC, near US Pacific time; lbsn-*-ctx reads local
+  time. Yelp stores dates only, every one at 16:00 UTC,
   i.e. local midnight at UTC+8 where the files were made: the builder adds 8 h so `weekday` is the calendar date's,
   and the Yelp spec has no `hour` (it would be constant).
   `cell`: the POI's 0.01-degree grid cell (about 1.1 km north-south) as 'row_col'. `distance_km`: haversine distance

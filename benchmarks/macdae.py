@@ -1,12 +1,13 @@
 """MACDAE (issue 14, seed paper 5: Ding et al. KDD 2019) against its baselines and ablations under the paper's
-protocol (each test check-in ranked among 50 matched negatives: NDCG@5, NDCG@10, AUC), written into the card.
+protocol (each test check-in ranked among 50 matched negatives: NDCG@5, NDCG@10, AUC; frappe: pointwise AUC, logloss,
+GAUC), written into the card.
 
     python benchmarks/macdae.py                                          # every dataset, seeds 0 and 1
     python benchmarks/macdae.py --datasets lbsn-gowalla-ctx --seeds 0 --only wide_deep wd_macdae
 
 Per dataset and seed each row is a `tfrec-zoo train` run directory under --out (a finished run is read back, not
 trained again: a killed benchmark resumes where it stopped). Every model: Adam 0.001, batch 512, at most 4 epochs,
-early stopping on the valid pairs' AUC (patience 1). The encoder rows pretrain their autoencoder first (3 epochs,
+early stopping on the valid split's AUC (patience 1). The encoder rows pretrain their autoencoder first (3 epochs,
 the positive train rows only, `rows: {keep: {checkin: [1]}}`) and restore it by name (`pretrain:` in one YAML).
 Rows: Wide&Deep, DeepFM, NFM, Wide&Deep + multi-head DAE / VAE / MACDAE (K = 4) and MACDAE's ablations (K = 1, 2,
 8; constraint off; attention off; encoder frozen after pretraining). Analysis (the MACDAE run of seed 0): the
@@ -36,10 +37,16 @@ from training.trainer import train
 MARK = "<!-- macdae-results -->"
 CARD = "macdae.md"
 IMG = Path(__file__).resolve().parents[1] / "seeds" / "papers" / "img"
-DATASETS = ("lbsn-gowalla-ctx", "lbsn-foursquare-ctx", "lbsn-yelp-ctx")
-METRICS = ("ndcg@5", "ndcg@10", "auc")
+# per dataset: its label and protocol. lbsn-*-ctx: the paper's (each test check-in among 50 matched negatives);
+# frappe: pointwise (its files hold 2 sampled negatives per positive, no 51-item lists)
+DATASETS = {"lbsn-gowalla-ctx": {"task": "checkin", "protocol": "sampled"},
+            "lbsn-foursquare-ctx": {"task": "checkin", "protocol": "sampled"},
+            "lbsn-yelp-ctx": {"task": "checkin", "protocol": "sampled"},
+            "frappe": {"task": "click", "protocol": "pointwise"}}
+METRICS = {"sampled": ("ndcg@5", "ndcg@10", "auc"), "pointwise": ("auc", "logloss", "gauc")}
+HEADERS = {"ndcg@5": "NDCG@5", "ndcg@10": "NDCG@10", "auc": "AUC", "logloss": "logloss", "gauc": "GAUC"}
 ENCODER = {"heads": 4, "units": 256, "epsilon": 0.75, "dnn_units": [256]}
-PRETRAIN = {"rows": {"keep": {"checkin": [1]}}, "epochs": 3, "batch_size": 512,
+PRETRAIN = {"epochs": 3, "batch_size": 512,
             "optimizer": {"name": "adam", "learning_rate": 0.001}, "include": ["^emb_", "^macdae_"]}
 # rows: name -> (model, params, pretraining model or None, pretrain extras)
 ROWS = {
@@ -69,12 +76,14 @@ def _log(*a):
 
 def experiment(key: str, dataset: str, seed: int):
     model, params, pre_model, extra = ROWS[key]
+    task, protocol = DATASETS[dataset]["task"], DATASETS[dataset]["protocol"]
     raw = {"name": key, "dataset": dataset, "model": model, "params": params, "seed": seed, "epochs": 4,
            "batch_size": 512, "optimizer": {"name": "adam", "learning_rate": 0.001},
-           "early_stopping": {"monitor": "val_checkin_auc", "mode": "max", "patience": 1},
-           "evaluation": {"splits": ["test"], "ks": [5, 10], "modes": ["recommendation"]}}
+           "early_stopping": {"monitor": f"val_{task}_auc", "mode": "max", "patience": 1},
+           "evaluation": {"splits": ["test"], "ks": [5, 10], "modes": ["recommendation"]} if protocol == "sampled"
+           else {"splits": ["test"]}}
     if pre_model:
-        raw["pretrain"] = {"model": pre_model, **PRETRAIN, **extra}
+        raw["pretrain"] = {"model": pre_model, "rows": {"keep": {task: [1]}}, **PRETRAIN, **extra}
     return parse_experiment(raw, f"benchmarks/macdae.py:{key}")
 
 
@@ -84,9 +93,11 @@ def run_row(key: str, dataset: str, seed: int, run_dir: Path) -> dict:
     result = train(exp, run_dir, verbose=0, log=lambda *a: None)
     if not result.finished_before:
         _log(f"  {dataset} seed {seed} {key}: {time.perf_counter() - start:.0f} s")
-    test = result.metrics["test"]["overall"]["checkin (recommendation)"]
+    task, protocol = DATASETS[dataset]["task"], DATASETS[dataset]["protocol"]
+    overall = result.metrics["test"]["overall"]
+    test = overall[f"{task} (recommendation)"] if protocol == "sampled" else overall[task]
     history = run_dir / "history.csv"
-    return {**{m: float(test[m]) for m in METRICS},
+    return {**{m: float(test[m]) for m in METRICS[protocol]},
             "epochs": max(0, len(history.read_text().splitlines()) - 1) if history.exists() else None}
 
 
@@ -154,17 +165,20 @@ def _cell(values: list[float]) -> str:
 
 def main_table(dataset: str, seeds: dict) -> list[str]:
     runs = [seeds[s] for s in sorted(seeds)]
-    lines = [f"**{dataset}** (test check-ins, each ranked among its 50 matched negatives; seeds "
-             f"{', '.join(sorted(seeds))}: mean (min-max))", "",
-             "| model | NDCG@5 | NDCG@10 | AUC | epochs |", "|---|---|---|---|---|"]
+    metrics = METRICS[DATASETS[dataset]["protocol"]]
+    what = ("test check-ins, each ranked among its 50 matched negatives" if DATASETS[dataset]["protocol"] == "sampled"
+            else "test rows, pointwise")
+    lines = [f"**{dataset}** ({what}; seeds {', '.join(sorted(seeds))}: mean (min-max))", "",
+             "| model | " + " | ".join(HEADERS[m] for m in metrics) + " | epochs |", "|---|" + "---|" * len(metrics)
+             + "---|"]
     for key in ROWS:
-        vals = {m: [r[key][m] for r in runs if key in r] for m in METRICS}
+        vals = {m: [r[key][m] for r in runs if key in r] for m in metrics}
         if not vals["auc"]:
             continue
         epochs = "/".join(str(r[key].get("epochs")) for r in runs if key in r)
-        lines.append(f"| {LABELS[key]} | " + " | ".join(_cell(vals[m]) for m in METRICS) + f" | {epochs} |")
-    base, mac = _means(runs, "wide_deep"), _means(runs, "wd_macdae")
-    if base and mac:
+        lines.append(f"| {LABELS[key]} | " + " | ".join(_cell(vals[m]) for m in metrics) + f" | {epochs} |")
+    base, mac = _means(runs, "wide_deep", metrics), _means(runs, "wd_macdae", metrics)
+    if base and mac and "ndcg@5" in metrics:
         rel = {m: 100 * (mac[m] / base[m] - 1) for m in ("ndcg@5", "ndcg@10")}
         anchor = {m: 100 * (b / a - 1) for m, (a, b) in ANCHOR.items()}
         lines += ["", f"Wide&Deep -> Wide&Deep + MACDAE: NDCG@5 {rel['ndcg@5']:+.1f}%, NDCG@10 {rel['ndcg@10']:+.1f}% "
@@ -172,9 +186,9 @@ def main_table(dataset: str, seeds: dict) -> list[str]:
     return lines + [""]
 
 
-def _means(runs: list[dict], key: str) -> dict | None:
+def _means(runs: list[dict], key: str, metrics) -> dict | None:
     got = [r[key] for r in runs if key in r]
-    return {m: float(np.mean([g[m] for g in got])) for m in METRICS} if got else None
+    return {m: float(np.mean([g[m] for g in got])) for m in metrics} if got else None
 
 
 def analysis_text(dataset: str, a: dict, image: str | None) -> list[str]:
@@ -199,7 +213,7 @@ def analysis_text(dataset: str, a: dict, image: str | None) -> list[str]:
 
 
 def tables(results: dict, analysis: dict, images: dict) -> str:
-    out = ["Setup: Adam 0.001, batch 512, at most 4 epochs with early stopping on the valid pairs' AUC; encoders "
+    out = ["Setup: Adam 0.001, batch 512, at most 4 epochs with early stopping on the valid split's AUC; encoders "
            "pretrained 3 epochs on the positive train rows (reconstruction + constraint 0.005, epsilon 0.75; the VAE: "
            "reconstruction + KL), restored by name and fine-tuned; z width 256, deep tower [256].", ""]
     for dataset in DATASETS:

@@ -27,17 +27,28 @@ def test_every_row_is_a_valid_experiment_of_the_papers_protocol(key):
         return
     stages, restore = as_stages(exp)
     assert stages[0]["model"] == mb.ROWS[key][2] and stages[0]["rows"] == {"keep": {"checkin": [1]}}
+    frappe = as_stages(mb.experiment(key, "frappe", 0))[0][0]
+    assert frappe["rows"] == {"keep": {"click": [1]}}
     assert restore["include"] == ["^emb_", "^macdae_"]
     pre = pretrain_params(exp)                                # the encoder's params reach the pretraining model
     assert pre["heads"] == exp.params["heads"] and "dnn_units" not in pre
     model_config(stages[0]["model"], pre)
 
 
+def test_frappe_is_evaluated_pointwise_and_stops_on_its_label():
+    exp = mb.experiment("wide_deep", "frappe", 0)
+    assert exp.evaluation == {"splits": ["test"]} and exp.early_stopping["monitor"] == "val_click_auc"
+    text = "\n".join(mb.main_table("frappe", {"0": {"wide_deep": {"auc": 0.9, "logloss": 0.3, "gauc": 0.8,
+                                                                     "epochs": 2}}}))
+    assert "| model | AUC | logloss | GAUC | epochs |" in text
+    assert "| Wide&Deep (base) | 0.9000 | 0.3000 | 0.8000 | 2 |" in text
+
+
 def test_ablations_change_one_thing():
-    assert mb.experiment("k8", "d", 0).params["heads"] == 8
-    assert mb.experiment("no_attention", "d", 0).params["attention"] is False
-    assert mb.experiment("no_constraint", "d", 0).pretrain["losses"] == {"constraint": 0.0}
-    assert as_stages(mb.experiment("frozen", "d", 0))[1]["freeze"] == ["^macdae_encoder$"]
+    assert mb.experiment("k8", "frappe", 0).params["heads"] == 8
+    assert mb.experiment("no_attention", "frappe", 0).params["attention"] is False
+    assert mb.experiment("no_constraint", "frappe", 0).pretrain["losses"] == {"constraint": 0.0}
+    assert as_stages(mb.experiment("frozen", "frappe", 0))[1]["freeze"] == ["^macdae_encoder$"]
 
 
 def test_table_shows_mean_range_and_the_relative_gain_beside_the_anchor():

@@ -204,6 +204,28 @@ def test_pretrain_on_positives_then_finetune_restores_the_encoder(ml_small, tmp_
     assert "emb_movie_id/embeddings:0" in report["restored"]
     assert not any(n.startswith("macdae_encoder") for n in report["skipped"])
     assert result.metrics["test"]["overall"]["like"]["auc"] > 0.5
+    # one SavedModel with the encoder in the graph: fresh-process parity (export_run checks it), then requests
+    from tfrec_zoo._tf import tf
+    from training.exporting import export_run, validation_records
+
+    version = export_run(tmp_path / "run", "wdm", tmp_path / "saved", parity_rows=64, warmup=8, log=lambda *a: None)
+    serve = tf.saved_model.load(str(version)).signatures["serving_default"]
+    from tfrec_zoo.data import open_dataset
+
+    record = tf.train.Example.FromString(validation_records(open_dataset(ml_small), 1)[0])
+    # a context value never seen in training (an unknown movie, a far-future time) is served
+    unseen = tf.train.Example()
+    unseen.CopyFrom(record)
+    unseen.features.feature["movie_id"].int64_list.value[:] = [987654321]
+    unseen.features.feature["timestamp"].float_list.value[:] = [4.1e9]
+    out = serve(examples=tf.constant([unseen.SerializeToString()]))["like"].numpy()
+    assert np.isfinite(out).all()
+    # a request without a feature the model reads fails, naming it (TF Serving / tfrec-zoo serve: 400)
+    missing = tf.train.Example()
+    missing.CopyFrom(record)
+    del missing.features.feature["timestamp"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="timestamp"):
+        serve(examples=tf.constant([missing.SerializeToString()]))
 
 
 def test_a_frozen_encoder_keeps_its_pretrained_weights(ml_small, tmp_path):

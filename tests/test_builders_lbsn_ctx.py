@@ -80,6 +80,21 @@ def test_test_rows_carry_fifty_matched_unvisited_negatives_with_their_own_contex
     assert shortcut["matched_negatives"] < shortcut["uniform_negatives"]
 
 
+def test_poi_users_come_from_train_check_ins_only(ctx):
+    """MACDAE's e_iu as a side table of the POI: its top users by train check-ins (the author's list also held the
+    test positives)."""
+    _, _, built = ctx
+    cat = built.catalogues["poi_id"].set_index("poi_id")["poi_users"]
+    train = built.splits["train"].query("checkin == 1")
+    counts = train.groupby(["poi_id", "user_id"]).size()
+    for poi, users in cat[cat.map(len) > 0].head(300).items():
+        assert len(users) <= 20 and set(users) <= set(counts.loc[poi].index)
+        n = counts.loc[poi].sort_values(ascending=False)
+        assert counts.loc[poi].loc[users[0]] == n.iloc[0]                      # the most frequent first
+    test_only = set(built.splits["test"]["poi_id"]) - set(train["poi_id"])
+    assert test_only and all(len(cat[p]) == 0 for p in test_only)
+
+
 def test_train_histories_hold_earlier_train_check_ins_only(ctx):
     """With a shuffled split a test check-in can be older than a train one: it must still never enter a train row's
     history (the held-out positive would leak into training)."""

@@ -19,7 +19,11 @@ Differences from the lbsn-* builders (lbsn.py; same files, contexts, histories a
   half-hour zones and daylight saving are not modelled (off by up to about 1-2 h in places). Yelp stores dates
   only and keeps its date-based `weekday` and no `hour`.
 * Histories: the user's earlier check-ins (time order); a train row's only from train, a test row's from any split
-  (what a live system knows at request time). The users-of-the-item input (the author's e_iu) is not built.
+  (what a live system knows at request time).
+* `poi_users` (the author's e_iu, the users who interacted with the item): a `side_of: poi_id` table, per POI the
+  users with the most train check-ins there (at most POI_USERS, ties by user id), from the train split only (the
+  author's list also held test positives: a leak). Looked up by the POI id in the graph, so an eval negative gets
+  its own; a POI without train check-ins has none.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ from .lbsn import train_activeness
 SEED = 0
 TEST_FRAC, VALID_FRAC = 0.2, 0.1          # of the user's check-ins; valid: of what test leaves
 EVAL_NEGATIVES = 50
+POI_USERS = 20
 FILE_CLOCK_LAG_H = 8                      # the files' unix time = UTC - 8 h (see the module docstring)
 
 
@@ -108,6 +113,15 @@ def eval_negative_lists(rows: pd.DataFrame, train: pd.DataFrame, visited: dict, 
     return out, used
 
 
+def poi_users(train: pd.DataFrame, pois: pd.DataFrame) -> pd.DataFrame:
+    """The catalogue of `poi_users`: per POI (every POI of the files) its top POI_USERS users by train check-ins."""
+    counts = train.groupby(["poi_id", "user_id"]).size().reset_index(name="n")
+    counts = counts.sort_values(["poi_id", "n", "user_id"], ascending=[True, False, True])
+    top = counts.groupby("poi_id", sort=False).head(POI_USERS).groupby("poi_id", sort=False)["user_id"].agg(list)
+    return pd.DataFrame({"poi_id": pois.index.to_numpy(),
+                         "poi_users": [top.get(p, []) for p in pois.index.to_numpy()]})
+
+
 def _shortcut_auc(pos: np.ndarray, neg: np.ndarray) -> float:
     """AUC of 'nearer is better' (-distance) of each positive against its own negatives (ties count half)."""
     wins = (pos[:, None] < neg).mean() + 0.5 * (pos[:, None] == neg).mean()
@@ -164,7 +178,8 @@ def build_lbsn_ctx(name: str, spec: FeatureSpec, raw_dir: Path | None, *, max_us
         rows[col] = [empty] * len(rows)
     frames = split_frames(rows, row_ranks)
     frames["test"] = test
-    return Built(frames, source=str(raw / sub.checkins), extra={
+    return Built(frames, source=str(raw / sub.checkins), catalogues={"poi_id": poi_users(log[ranks == 0], pois)},
+                 extra={
         "subset": sub.folder,
         "split": f"per user, shuffled (seed {seed}): round({TEST_FRAC:.0%}) test, round({VALID_FRAC:.0%}) of the "
                  "rest valid, the rest train",

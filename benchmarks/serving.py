@@ -22,6 +22,11 @@ text vectors in the request) beside `rank_text` (raw title and query strings, Mi
 row with the longest history and a non-empty query) x 200 test rows' movies with their domains, in-process and
 through `tfrec-zoo serve` (gRPC, REST) (benchmarks/out/serving_sr_foundation.json).
 
+`--part macdae --macdae-run RUN [--base-run RUN]` exports a trained Wide&Deep + MACDAE run (the encoder in the
+graph), and beside it a base Wide&Deep run when given, and measures `rank`: 1 user (the lbsn-*-ctx test row with the
+longest history: user, local time, history in the context) x 200 candidate POIs (id, cell, distance, from the test
+rows' eval negatives), in-process and through `tfrec-zoo serve` (gRPC, REST) (benchmarks/out/serving_macdae.json).
+
 `--part retrieval` (or `all`, the default) then runs `benchmarks/serving_retrieval.py` in the same process:
 ScaNN vs brute force over 1M item vectors, recall@100 against exact and queries/s side by side (its options after
 `--`, e.g. `python benchmarks/serving.py --part retrieval -- --n-items 100000`).
@@ -116,7 +121,10 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["ranking", "retrieval", "all", "seminar", "sr_foundation"], default="all")
+    ap.add_argument("--part", choices=["ranking", "retrieval", "all", "seminar", "sr_foundation", "macdae"],
+                    default="all")
+    ap.add_argument("--macdae-run", help="--part macdae: a trained wide_deep_macdae run on an lbsn-*-ctx dataset")
+    ap.add_argument("--base-run", help="--part macdae: a trained wide_deep run on the same dataset (optional)")
     ap.add_argument("--sr-run", help="--part sr_foundation: a trained sr_foundation run directory")
     ap.add_argument("--seminar-run", help="--part seminar: a trained seminar run directory; its exact-GSU and "
                                           "PQ-GSU exports answer the same rank requests side by side")
@@ -131,6 +139,8 @@ def main() -> int:
         return seminar_rank(args)
     if args.part == "sr_foundation":
         return sr_foundation_rank(args)
+    if args.part == "macdae":
+        return macdae_rank(args)
     rc = ranking(args) if args.part in ("ranking", "all") else 0
     if args.part in ("retrieval", "all"):
         sys.path.insert(0, str(Path(__file__).parent))
@@ -219,6 +229,58 @@ def seminar_rank(args) -> int:
            "in-process and through `tfrec-zoo serve` (gRPC, REST)",
            "export / path", results, Path(args.json).with_name("serving_seminar.json"),
            {"run": args.seminar_run, "candidates": len(ids), "history": hist})
+    return 0
+
+
+def macdae_rank(args) -> int:
+    """`rank` latency of a Wide&Deep + MACDAE run (and a base Wide&Deep run beside it), in-process and through
+    `tfrec-zoo serve` (gRPC, REST): 1 user x `--candidates` POIs with their own cell and distance."""
+    from training.exporting import export_run
+    from training.trainer import load_run
+
+    if not args.macdae_run:
+        raise SystemExit("--part macdae needs --macdae-run RUN_DIR (a trained wide_deep_macdae run)")
+    runs = {"wd_macdae": args.macdae_run, **({"wide_deep": args.base_run} if args.base_run else {})}
+    _, data, _ = load_run(args.macdae_run, log=lambda *a: None)
+    base = Path(tempfile.mkdtemp(prefix="tfrec_macdae_serving_"))
+    versions = {name: export_run(run, name, base, warmup=4, parity_rows=32, log=lambda *a: None)
+                for name, run in runs.items()}
+    records = [r.numpy() for r in tf.data.TFRecordDataset([str(f) for f in data.files("test")],
+                                                          data.manifest.get("compression", "GZIP"))]
+    examples = [tf.train.Example.FromString(r) for r in records]
+    longest = max(examples, key=lambda e: len(e.features.feature["hist_poi_id"].int64_list.value))
+    hist = len(longest.features.feature["hist_poi_id"].int64_list.value)
+    per_candidate = {"poi_id": "eval_neg_poi_id", "cell": "eval_neg_cell", "distance_km": "eval_neg_distance_km"}
+    candidates = []
+    for e in examples:
+        f = e.features.feature
+        for i in range(len(f["eval_neg_poi_id"].int64_list.value)):
+            c = tf.train.Example()
+            c.features.feature["poi_id"].int64_list.value.append(f["eval_neg_poi_id"].int64_list.value[i])
+            c.features.feature["cell"].bytes_list.value.append(f["eval_neg_cell"].bytes_list.value[i])
+            c.features.feature["distance_km"].float_list.value.append(f["eval_neg_distance_km"].float_list.value[i])
+            candidates.append(c.SerializeToString())
+        if len(candidates) >= args.candidates:
+            break
+    candidates = candidates[:args.candidates]
+    context = tf.train.Example()
+    context.CopyFrom(longest)
+    for key in (*per_candidate, *per_candidate.values(), "checkin"):
+        del context.features.feature[key]
+    ctx_t, cand_t = tf.constant(context.SerializeToString()), tf.constant(candidates)
+    calls = {f"{name} in-process": (lambda f: lambda: f(context=ctx_t, candidates=cand_t))(
+        tf.saved_model.load(str(v)).signatures["rank"]) for name, v in versions.items()}
+    server, served = start_server(base, context.SerializeToString(), candidates, models=tuple(versions))
+    calls.update(served if len(versions) > 1 else {f"wd_macdae {k}": v for k, v in served.items()})
+    try:
+        results = measure(calls, args.requests, args.rounds)
+    finally:
+        server.stop()
+    report(f"Wide&Deep (+ MACDAE) rank request ({args.macdae_run}): 1 user, {len(candidates)} candidates, history "
+           f"{hist}; {args.requests} requests each, {args.rounds} alternating rounds, {os.cpu_count()} cores; "
+           "in-process and through `tfrec-zoo serve` (gRPC, REST)", "model / path", results,
+           Path(args.json).with_name("serving_macdae.json"),
+           {"runs": runs, "candidates": len(candidates), "history": hist})
     return 0
 
 

@@ -242,13 +242,21 @@ def test_a_frozen_encoder_keeps_its_pretrained_weights(ml_small, tmp_path):
     assert not np.allclose(result.model.get_layer("deep_dense0").kernel.numpy(), 0)
 
 
-def test_cli_fails_with_one_line_for_bad_heads_and_epsilon(ml_small, tmp_path):
-    # the pretraining stage inherits the encoder's params, so it is the first to refuse them
-    for params, words in [({"heads": 0}, "params: macdae.heads: must be >= 1, got 0"),
-                          ({"epsilon": -2.0}, "params: macdae.epsilon: a cosine bound in [-1, 1]")]:
-        path = _experiment(tmp_path, ml_small, params=params)
-        proc = subprocess.run([sys.executable, "-m", "training.cli", "train", str(path), "--run-dir",
-                               str(tmp_path / "bad")], capture_output=True, text=True, cwd=ROOT, timeout=300)
-        assert proc.returncode != 0
-        lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-        assert len(lines) == 1 and words in lines[0] and "wdm.yaml" in lines[0], proc.stderr[-2000:]
+def test_bad_heads_and_epsilon_fail_with_one_error_line(ml_small, tmp_path):
+    """From the CLI: one `error:` line naming the YAML; the pretraining stage inherits the encoder's params, so it
+    is the first to refuse them (epsilon in-process: the same message, before anything trains)."""
+    from training.experiment import load_experiment
+    from training.fit import ModelBuildError
+    from training.trainer import train
+
+    path = _experiment(tmp_path, ml_small, params={"heads": 0})
+    proc = subprocess.run([sys.executable, "-m", "training.cli", "train", str(path), "--run-dir",
+                           str(tmp_path / "bad")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "wdm.yaml" in lines[0], proc.stderr[-2000:]
+    assert "params: macdae.heads: must be >= 1, got 0" in lines[0]
+    path = _experiment(tmp_path, ml_small, params={"epsilon": -2.0})
+    with pytest.raises(ModelBuildError, match=r"wdm.yaml.*params: macdae.epsilon: a cosine bound in \[-1, 1\]"):
+        train(load_experiment(path), tmp_path / "bad2", verbose=0)
+    assert not (tmp_path / "bad2" / "pretrain" / "checkpoints").exists()

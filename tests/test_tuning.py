@@ -169,6 +169,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# 40 s of the 25-minute default run; distribution itself is covered by tests/test_distributed.py and tuning by the
+# single-process searches here: `make test-slow` runs it
+@pytest.mark.slow
 def test_distributed_chief_and_two_workers_on_loopback(ml_small, tmp_path):
     exp_file, out = tmp_path / "exp.yaml", tmp_path / "dist"
     exp_file.write_text(yaml.safe_dump(tuned(ml_small).to_dict(), sort_keys=False))

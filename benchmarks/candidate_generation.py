@@ -20,7 +20,6 @@ Tables: mean over seeds and the min-max, written into seeds/papers/adaptive_inte
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -37,6 +36,9 @@ from training.experiment import parse_experiment
 from training.retrieval import _first_rows, evaluate_retrieval, read_columns
 from training.runs import load_run
 from training.trainer import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cards import load_results, save_results, write_block  # noqa: E402  (benchmarks/cards.py)
 
 MARK = "<!-- candidate-generation-results -->"
 CARD = "adaptive_interests_pcl.md"
@@ -369,20 +371,6 @@ def tables(results: dict, analysis: dict, images: dict) -> str:
     return "\n".join(out)
 
 
-def load_results(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {"runs": {}, "analysis": {}}
-
-
-def save_results(path: Path, update) -> None:
-    """Read, `update(stored)`, replace atomically: what another benchmark process on the same --out wrote in
-    between stays (each process writes only its own rows)."""
-    stored = load_results(path)
-    update(stored)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(stored, indent=1, default=float) + "\n")
-    os.replace(tmp, path)
-
-
 def put_run(stored: dict, dataset: str, seed: int, key: str, metrics: dict) -> None:
     stored["runs"].setdefault(dataset, {}).setdefault(str(seed), {})[key] = metrics
 
@@ -392,8 +380,6 @@ def put_analysis(stored: dict, dataset: str, a: dict) -> None:
 
 
 def write_card(text: str, command: str) -> None:
-    from cards import write_block
-
     write_block(CARD, MARK, f"`{command}`", text, heading="## Benchmark (benchmarks/candidate_generation.py)")
 
 

@@ -1,8 +1,11 @@
-"""Writing a benchmark's table into its paper card (seeds/papers/NAME.md), between two marker lines."""
+"""A paper benchmark's bookkeeping: its results.json (read, updated atomically) and its table in the paper card
+(seeds/papers/NAME.md, between two marker lines)."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Callable
 
 PAPERS = Path(__file__).resolve().parents[1] / "seeds" / "papers"
 
@@ -22,3 +25,18 @@ def write_block(card: str, mark: str, command: str, text: str, heading: str = ""
     tmp.write_text(body)
     os.replace(tmp, path)
     return path
+
+
+def load_results(path: Path) -> dict:
+    """A benchmark's results.json ({"runs": ..., "analysis": ...}; empty ones when it does not exist yet)."""
+    return json.loads(path.read_text()) if path.exists() else {"runs": {}, "analysis": {}}
+
+
+def save_results(path: Path, update: Callable[[dict], None]) -> None:
+    """Read, `update(stored)`, replace atomically: what another benchmark process on the same file wrote in
+    between stays (each process writes only its own rows)."""
+    stored = load_results(path)
+    update(stored)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(stored, indent=1, default=float) + "\n")
+    os.replace(tmp, path)

@@ -18,7 +18,6 @@ min-max, written into seeds/papers/macdae.md between the `<!-- macdae-results --
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -33,6 +32,9 @@ import numpy as np
 from training.experiment import parse_experiment
 from training.runs import load_run
 from training.trainer import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cards import load_results, save_results, write_block  # noqa: E402  (benchmarks/cards.py)
 
 MARK = "<!-- macdae-results -->"
 CARD = "macdae.md"
@@ -226,18 +228,6 @@ def tables(results: dict, analysis: dict, images: dict) -> str:
     return "\n".join(out)
 
 
-def load_results(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {"runs": {}, "analysis": {}}
-
-
-def save_results(path: Path, update) -> None:
-    stored = load_results(path)
-    update(stored)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(stored, indent=1, default=float) + "\n")
-    os.replace(tmp, path)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
@@ -268,9 +258,6 @@ def main() -> int:
     text = tables(stored["runs"], stored["analysis"], images)
     print(text)
     if not args.no_card:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from cards import write_block
-
         command = ("python benchmarks/macdae.py " + shlex.join(sys.argv[1:])).strip()
         write_block(CARD, MARK, f"`{command}`", text, heading="## Benchmark (benchmarks/macdae.py)")
         print(f"wrote the tables into seeds/papers/{CARD}; all metrics in {results_file}")

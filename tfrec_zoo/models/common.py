@@ -130,20 +130,24 @@ def target_and_history(spec: FeatureSpec, target: str | None, history: str | Non
 EVAL_NEGATIVES = "eval_negatives"
 
 
-def pooled_sequences(spec: FeatureSpec, emb: FeatureEmbeddings, inputs: dict, exclude: Sequence[str] = ()) -> list:
-    """Mean-pooled [B, D] of every id field of every sequence (how non-attention models see histories)."""
+def pooled_sequence(spec: FeatureSpec, emb: FeatureEmbeddings, inputs: dict, name: str) -> dict[str, Any]:
+    """{id field: its mean-pooled [B, D]} of one sequence (layers `mean_<field>`)."""
     from ..layers import MaskedPooling
 
+    fields, mask = emb.sequence(name, inputs)
+    return {sf.name: at_level(MaskedPooling("mean", name=f"mean_{sf.name}"), 1)([fields[sf.name], mask])
+            for sf in spec[name].fields if sf.kind == "id"}
+
+
+def pooled_sequences(spec: FeatureSpec, emb: FeatureEmbeddings, inputs: dict, exclude: Sequence[str] = ()) -> list:
+    """Mean-pooled [B, D] of every id field of every sequence (how non-attention models see histories)."""
     out = []
     for seq in spec.of_kind("sequence"):
         # `eval_negatives` holds the sampled candidates of the ranking protocol (training/ranking.py): empty in
         # train, so never a model input
         if seq.name in exclude or seq.name == EVAL_NEGATIVES:
             continue
-        fields, mask = emb.sequence(seq.name, inputs)
-        for sf in seq.fields:
-            if sf.kind == "id":
-                out.append(at_level(MaskedPooling("mean", name=f"mean_{sf.name}"), 1)([fields[sf.name], mask]))
+        out += pooled_sequence(spec, emb, inputs, seq.name).values()
     return out
 
 

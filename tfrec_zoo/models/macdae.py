@@ -32,12 +32,11 @@ from dataclasses import dataclass
 from .._tf import keras, tf
 from ..features.spec import FeatureSpec, SequenceFeature
 from ..inputs import FeatureEmbeddings, at_level, build_inputs
-from ..layers import MaskedPooling
 from ..layers.autoencoder import (MixtureHeadsEncoder, PairwiseProducts, gaussian_kl, head_diversity_loss,
                                   reconstruction_loss)
 from . import register_model
 from .base import ZooModel
-from .common import EVAL_NEGATIVES, concat, functional_model, head
+from .common import EVAL_NEGATIVES, concat, functional_model, head, pooled_sequence
 
 ENCODERS = ("none", "macdae", "dae", "vae")
 
@@ -136,11 +135,7 @@ def embedded_fields(spec: FeatureSpec, emb: FeatureEmbeddings, inputs: dict, nam
     for name in names:
         f = spec[name]
         if isinstance(f, SequenceFeature):
-            seq, mask = emb.sequence(name, inputs)
-            for sf in f.fields:
-                if sf.kind == "id":
-                    pool = at_level(MaskedPooling("mean", name=f"mean_{sf.name}"), 1)
-                    embedded[sf.name] = pool([seq[sf.name], mask])
+            embedded.update(pooled_sequence(spec, emb, inputs, name))
         elif f.kind in ("dense", "vector", "text"):
             dense[name] = emb.feature(name, inputs)
         else:

@@ -37,11 +37,12 @@ import numpy as np
 from ..features.spec import SequenceFeature
 from ..features.text_encoders import CLS_ENCODERS
 from ..inputs import FeatureEmbeddings, at_level, build_inputs
-from ..layers import (AspectGatingFusion, DomainLinearMaps, DomainRowCounter, MaskedPooling, MixtureOfExperts,
+from ..layers import (AspectGatingFusion, DomainLinearMaps, DomainRowCounter, MixtureOfExperts,
                       RandomTextVectors, js_penalty, mmd_penalty)
 from . import register_model
 from .base import ZooModel
-from .common import EVAL_NEGATIVES, concat, domain_feature, domain_rows, functional_model, head, mlp
+from .common import (EVAL_NEGATIVES, concat, domain_feature, domain_rows, functional_model, head, mlp,
+                     pooled_sequence)
 
 DIVERGENCES = ("js", "mmd", "none")
 TEXT_MODES = ("llm", "random", "none")
@@ -152,10 +153,7 @@ def _aspects(spec, emb: FeatureEmbeddings, inputs: dict, names: list[str], cfg: 
     for name in names:
         f = spec[name]
         if isinstance(f, SequenceFeature):
-            fields, mask = emb.sequence(name, inputs)
-            for sf in f.fields:
-                if sf.kind == "id":
-                    sparse.append(at_level(MaskedPooling("mean", name=f"mean_{sf.name}"), 1)([fields[sf.name], mask]))
+            sparse += pooled_sequence(spec, emb, inputs, name).values()
             continue
         if f.kind in ("text", "vector"):
             if not _is_cls(f):

@@ -125,6 +125,27 @@ def test_the_reconstruction_target_is_fixed_unless_asked(target_gradient):
     assert (norm > 0) == target_gradient
 
 
+def test_a_layer_only_an_auxiliary_loss_reaches_trains_and_is_saved(tmp_path):
+    """The decoder is in no output's graph (only the reconstruction loss reads it): the model must still train it
+    and save it, or a pretraining would restore an untrained decoder (it once did: ZooModel now tracks such layers)."""
+    from tfrec_zoo._tf import keras
+    from training.runs import load_weights
+
+    model = build_model("macdae", SPEC, ART, {})
+    assert "macdae_decoder/kernel:0" in {v.name for v in model.trainable_variables}
+    model.compile(keras.optimizers.Adam(0.001))
+    feats, labels = toy_batch()
+    model.train_on_batch(feats, labels)
+    kernel = model.get_layer("macdae_x").output.shape[-1]
+    decoder = next(layer for layer in model.auxiliary_layers if layer.name == "macdae_decoder")
+    assert decoder.kernel.shape[-1] == kernel and np.abs(decoder.kernel.numpy()).max() > 0   # moved from zeros
+    model.save(tmp_path / "m")
+    again = build_model("macdae", SPEC, ART, {})
+    load_weights(again, tmp_path / "m")
+    twin = next(layer for layer in again.auxiliary_layers if layer.name == "macdae_decoder")
+    np.testing.assert_array_equal(twin.kernel.numpy(), decoder.kernel.numpy())
+
+
 def test_the_input_holds_every_field_projected_their_pairwise_products_and_dense():
     model = build_model("macdae", SPEC, ART, {"embedding_dim": 8})
     x = model.get_layer("macdae_x").output

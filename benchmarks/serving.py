@@ -214,16 +214,8 @@ def seminar_rank(args) -> int:
         c = tf.train.Example()
         c.features.feature[item].int64_list.value.append(i)
         candidates.append(c.SerializeToString())
-    ctx_t, cand_t = tf.constant(context.SerializeToString()), tf.constant(candidates)
-    calls = {f"seminar_{gsu} in-process": (lambda f: lambda: f(context=ctx_t, candidates=cand_t))(
-        tf.saved_model.load(str(v)).signatures["rank"]) for gsu, v in versions.items()}
-    server, served = start_server(base, context.SerializeToString(), candidates,
-                                  models=tuple(f"seminar_{gsu}" for gsu in versions))
-    calls.update(served)
-    try:
-        results = measure(calls, args.requests, args.rounds)
-    finally:
-        server.stop()
+    results = measure_rank(base, {f"seminar_{gsu}": v for gsu, v in versions.items()},
+                           context.SerializeToString(), candidates, args)
     report(f"seminar rank request ({args.seminar_run}): 1 user, {len(ids)} candidates, history {hist}; "
            f"{args.requests} requests each, {args.rounds} alternating rounds, {os.cpu_count()} cores; "
            "in-process and through `tfrec-zoo serve` (gRPC, REST)",
@@ -267,15 +259,7 @@ def macdae_rank(args) -> int:
     context.CopyFrom(longest)
     for key in (*per_candidate, *per_candidate.values(), "checkin"):
         del context.features.feature[key]
-    ctx_t, cand_t = tf.constant(context.SerializeToString()), tf.constant(candidates)
-    calls = {f"{name} in-process": (lambda f: lambda: f(context=ctx_t, candidates=cand_t))(
-        tf.saved_model.load(str(v)).signatures["rank"]) for name, v in versions.items()}
-    server, served = start_server(base, context.SerializeToString(), candidates, models=tuple(versions))
-    calls.update(served if len(versions) > 1 else {f"wd_macdae {k}": v for k, v in served.items()})
-    try:
-        results = measure(calls, args.requests, args.rounds)
-    finally:
-        server.stop()
+    results = measure_rank(base, versions, context.SerializeToString(), candidates, args)
     report(f"Wide&Deep (+ MACDAE) rank request ({args.macdae_run}): 1 user, {len(candidates)} candidates, history "
            f"{hist}; {args.requests} requests each, {args.rounds} alternating rounds, {os.cpu_count()} cores; "
            "in-process and through `tfrec-zoo serve` (gRPC, REST)", "model / path", results,
@@ -347,6 +331,21 @@ def sr_foundation_rank(args) -> int:
            Path(args.json).with_name("serving_sr_foundation.json"),
            {"run": args.sr_run, "candidates": args.candidates, "history": hist})
     return 0
+
+
+def measure_rank(base: Path, versions: dict[str, Path], context: bytes, candidates: list[bytes], args) -> dict:
+    """`rank` of each exported version (keyed by its model name under `base`) in-process and through `tfrec-zoo
+    serve` (gRPC, REST): {"NAME path": latencies}, alternating rounds."""
+    ctx_t, cand_t = tf.constant(context), tf.constant(candidates)
+    calls = {f"{name} in-process": (lambda f: lambda: f(context=ctx_t, candidates=cand_t))(
+        tf.saved_model.load(str(v)).signatures["rank"]) for name, v in versions.items()}
+    server, served = start_server(base, context, candidates, models=tuple(versions))
+    only = next(iter(versions))
+    calls.update(served if len(versions) > 1 else {f"{only} {path}": call for path, call in served.items()})
+    try:
+        return measure(calls, args.requests, args.rounds)
+    finally:
+        server.stop()
 
 
 def start_server(base: Path, context: bytes, candidates: list[bytes], models: tuple[str, ...] = ("din_long",),

@@ -178,6 +178,9 @@ def test_wide_deep_encoders_share_the_pretraining_layer_names():
             assert pre_vars <= down_vars
         assert {v for v in down_vars if v.startswith("macdae_encoder")}
         assert down.loss_weights["reconstruction"] == 0.0           # downstream: the click loss alone by default
+    # the attention-off ablation keeps the constraint; the DAE baseline has none
+    assert build_model("macdae", SPEC, ART, {"attention": False}).loss_weights["constraint"] == 0.005
+    assert build_model("multihead_dae", SPEC, ART, {}).loss_weights["constraint"] == 0.0
     base = build_model("wide_deep", SPEC, ART, {})
     assert not any(v.name.startswith("macdae_") for v in base.variables)
     assert any(v.name.startswith("wide_user_id") for v in base.variables)

@@ -50,6 +50,7 @@ class MACDAEConfig:
     input_dropout: float = 0.05         # denoising noise (the author's keep_prob 0.95)
     attention: bool = True
     variational: bool = False
+    constraint: bool = True             # the heads' diversity constraint is on by default (weight 0.005)
     epsilon: float = 0.75               # the constraint's cosine bound (the author's training script)
     hinge: bool = False
     target_gradient: bool = False
@@ -59,6 +60,7 @@ class MACDAEConfig:
 @dataclass(frozen=True)
 class MultiheadDAEConfig(MACDAEConfig):
     attention: bool = False
+    constraint: bool = False            # the baseline: plain heads, no diversity constraint
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class WideDeepMACDAEConfig(WideDeepConfig):
 class WideDeepDAEConfig(WideDeepConfig):
     encoder: str = "dae"
     attention: bool = False
+    constraint: bool = False
 
 
 @dataclass(frozen=True)
@@ -198,7 +201,8 @@ def _loss_defaults(cfg: MACDAEConfig, pretraining: bool) -> dict[str, float]:
     on = 1.0 if pretraining else 0.0
     weights = {"reconstruction": on}
     if cfg.heads > 1 and not cfg.variational:
-        weights["constraint"] = 0.005 * on if cfg.attention else 0.0
+        # declared either way (a YAML may switch it on for the DAE); MACDAE's default weight is the author's lambda
+        weights["constraint"] = 0.005 * on if cfg.constraint else 0.0
     if cfg.variational:
         weights["kl"] = on
     return weights

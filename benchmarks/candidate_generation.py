@@ -38,7 +38,7 @@ from training.runs import load_run
 from training.trainer import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cards import load_results, save_results, write_block  # noqa: E402  (benchmarks/cards.py)
+from cards import load_results, mean_range, save_results, write_block  # noqa: E402  (benchmarks/cards.py)
 
 MARK = "<!-- candidate-generation-results -->"
 CARD = "adaptive_interests_pcl.md"
@@ -255,11 +255,7 @@ def _vals(runs: list[dict], key: str, metric: str) -> list[float]:
 
 
 def _cell(values: list[float]) -> str:
-    values = [v for v in values if v is not None and np.isfinite(v)]
-    if not values:
-        return "-"
-    mean = float(np.mean(values))
-    return f"{mean:.4f}" + (f" ({min(values):.4f}-{max(values):.4f})" if len(values) > 1 else "")
+    return mean_range(values)
 
 
 def _metrics() -> list[str]:

@@ -40,3 +40,13 @@ def save_results(path: Path, update: Callable[[dict], None]) -> None:
     tmp = path.with_suffix(f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps(stored, indent=1, default=float) + "\n")
     os.replace(tmp, path)
+
+
+def mean_range(values) -> str:
+    """A table cell: the mean of the finite values, with their min-max when there are several ("-" for none)."""
+    import numpy as np
+
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    if not values:
+        return "-"
+    return f"{float(np.mean(values)):.4f}" + (f" ({min(values):.4f}-{max(values):.4f})" if len(values) > 1 else "")

@@ -34,7 +34,7 @@ from training.runs import load_run
 from training.trainer import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cards import load_results, save_results, write_block  # noqa: E402  (benchmarks/cards.py)
+from cards import load_results, mean_range, save_results, write_block  # noqa: E402  (benchmarks/cards.py)
 
 MARK = "<!-- macdae-results -->"
 CARD = "macdae.md"
@@ -158,11 +158,7 @@ def plot(dataset: str, a: dict) -> str | None:
 
 # -- tables ------------------------------------------------------------------------------------------------------
 def _cell(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{np.mean(values):.4f} ({min(values):.4f}-{max(values):.4f})"
+    return mean_range(values)
 
 
 def main_table(dataset: str, seeds: dict) -> list[str]:

@@ -38,7 +38,6 @@ import base64
 import dataclasses
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time

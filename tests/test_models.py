@@ -8,7 +8,7 @@ import pytest
 
 from tfrec_zoo._tf import keras, tf
 from tfrec_zoo.features import Artifacts, parse_spec
-from tfrec_zoo.layers import FMInteraction, MixtureOfExperts, TargetAttention
+from tfrec_zoo.layers import FMInteraction, TargetAttention
 from tfrec_zoo.models import MODELS, _load_all, build_model, model_config
 from tfrec_zoo.models.base import ZooModel
 from tfrec_zoo.models.seminar import LIFELONG_MODELS

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from tfrec_zoo._tf import keras, tf
+from tfrec_zoo._tf import keras
 from tfrec_zoo.metrics import retrieval_metrics
 from tfrec_zoo.retrieval import BruteForceIndex, ScannIndex, as_interests, item_embeddings, search_interests
 

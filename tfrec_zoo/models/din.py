@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._tf import keras
 from ..inputs import FeatureEmbeddings, build_inputs
 from ..layers import TargetAttention, ValidSteps
 from . import register_model

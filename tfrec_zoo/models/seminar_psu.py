@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 
-from .._tf import keras, tf
+from .._tf import tf
 from . import register_model
 from .common import used_inputs
 from .seminar import LifelongConfig, LifelongModel, lifelong_network

@@ -58,7 +58,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 
 from .._tf import keras, tf
 from ..features.spec import FeatureSpec, SequenceFeature

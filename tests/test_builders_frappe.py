@@ -43,6 +43,9 @@ def test_a_broken_line_names_file_and_line(tmp_path):
     (tmp_path / "frappe.test.libfm").write_text("0 1:1 2:1 3:1 4:1 5:1 6:1 7:1 8:1 9:1 10:1\n")
     with pytest.raises(ValueError, match=r"frappe.test.libfm:1: expected 'label'"):
         read_libfm(tmp_path / "frappe.test.libfm")
+    (tmp_path / "frappe.test.libfm").write_text("\n\n")
+    with pytest.raises(ValueError, match=r"frappe.test.libfm: no rows \(an empty file\?\)"):
+        read_libfm(tmp_path / "frappe.test.libfm")
     (tmp_path / "frappe.test.libfm").write_text("1 " + " ".join(f"{9 - i}:1" for i in range(10)) + "\n")
     with pytest.raises(ValueError, match="not in the expected order"):
         _build(tmp_path)

@@ -47,6 +47,9 @@ def read_libfm(path: Path) -> pd.DataFrame:
                 raise ValueError(f"{path}:{n}: a field is not 'id:1': {line.strip()[:80]!r}") from None
             labels.append(1.0 if parts[0] == "1" else 0.0)
             ids.append(row)
+    if not ids:
+        raise ValueError(f"{path}: no rows (an empty file?): expected lines 'label f1:1 ... f10:1' "
+                         f"(see {path.parent / 'LOADER.md'})")
     frame = pd.DataFrame(np.asarray(ids, np.int64), columns=list(FIELDS))
     frame["click"] = labels
     return frame

@@ -113,3 +113,10 @@ def test_train_histories_hold_earlier_train_check_ins_only(ctx):
     assert only_test                                  # some held-out POIs the train rows never saw ...
     for u, hist in zip(train["user_id"], train["hist_poi_id"]):
         assert not {p for uu, p in only_test if uu == u} & set(hist)     # ... and no train history has them
+
+
+def test_too_few_users_for_fifty_negatives_is_one_clear_error():
+    shared_dataset("lbsn_poi_liu2017")
+    builder = get_builder("lbsn-yelp-ctx")
+    with pytest.raises(ValueError, match=r"user 0: only \d+ POIs .* among 50 .* drop --max-users"):
+        builder.fn(load_spec(builder.spec_path), None, max_users=2)

@@ -131,7 +131,8 @@ def sample_matched_rows(users: np.ndarray, items: np.ndarray, levels: Sequence[n
                 chosen[i], level_used[i] = pool[rng.integers(0, pool.size)], lv
                 break
         else:
-            raise ValueError(f"user {users[i]!r}: no item left to sample a negative from (row {i})")
+            raise ValueError(f"user {users[i]}: no item left to sample a negative from (row {i}): every item is "
+                             "one the user interacted with; build with more users")
     return chosen, level_used
 
 

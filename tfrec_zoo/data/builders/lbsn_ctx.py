@@ -108,7 +108,9 @@ def eval_negative_lists(rows: pd.DataFrame, train: pd.DataFrame, visited: dict, 
             if len(chosen) == k:
                 break
         if len(chosen) < k:
-            raise ValueError(f"user {users[i]}: fewer than {k} POIs the user never visited (test row {i})")
+            raise ValueError(f"user {users[i]}: only {len(chosen)} POIs with train check-ins the user never visited, "
+                             f"the protocol ranks each test check-in among {k} (test row {i}); build with more "
+                             "users (drop --max-users) or fewer negatives")
         out.append(np.asarray(chosen, np.int64))
     return out, used
 

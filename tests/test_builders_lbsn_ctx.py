@@ -118,5 +118,5 @@ def test_train_histories_hold_earlier_train_check_ins_only(ctx):
 def test_too_few_users_for_fifty_negatives_is_one_clear_error():
     shared_dataset("lbsn_poi_liu2017")
     builder = get_builder("lbsn-yelp-ctx")
-    with pytest.raises(ValueError, match=r"user 0: only \d+ POIs .* among 50 .* drop --max-users"):
+    with pytest.raises(ValueError, match=r"user 0: only \d+ POIs .* among 50 .*\(drop --max-users\)"):
         builder.fn(load_spec(builder.spec_path), None, max_users=2)

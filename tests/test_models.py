@@ -145,7 +145,8 @@ def _check_label_free(model, feats, path: Path, spec, art, history) -> None:
     from training.runs import load_weights
 
     assert model.task_names == [] and "click_loss" not in history
-    assert set(history) == {"loss", *model.metric_names()} - {"loss"} | {"loss"}
+    assert set(history) == {"loss", *model.metric_names()}
+    assert {f"{n}_loss" for n, w in model.loss_weights.items() if w} <= set(history)     # each loss is logged
     preds = model.predict(feats, verbose=0)
     assert "implicit_context" in preds and np.isfinite(preds["implicit_context"]).all()
     model.save(path)

@@ -58,7 +58,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from .._tf import keras, tf
 from ..features.spec import FeatureSpec, SequenceFeature
 from ..inputs import FeatureEmbeddings, build_inputs

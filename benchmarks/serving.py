@@ -23,9 +23,10 @@ row with the longest history and a non-empty query) x 200 test rows' movies with
 through `tfrec-zoo serve` (gRPC, REST) (benchmarks/out/serving_sr_foundation.json).
 
 `--part macdae --macdae-run RUN [--base-run RUN]` exports a trained Wide&Deep + MACDAE run (the encoder in the
-graph), and beside it a base Wide&Deep run when given, and measures `rank`: 1 user (the lbsn-*-ctx test row with the
-longest history: user, local time, history in the context) x 200 candidate POIs (id, cell, distance, from the test
-rows' eval negatives), in-process and through `tfrec-zoo serve` (gRPC, REST) (benchmarks/out/serving_macdae.json).
+graph), and beside it a base Wide&Deep run when given, and measures `rank`: 1 user (the test row with the longest
+history: user, local time, history in the context) x 200 candidates taken from the test rows' eval negatives with
+the candidate columns the spec's `eval_negatives` fields name (lbsn-*-ctx: POI id, cell, distance), in-process and
+through `tfrec-zoo serve` (gRPC, REST) (benchmarks/out/serving_macdae.json).
 
 `--part retrieval` (or `all`, the default) then runs `benchmarks/serving_retrieval.py` in the same process:
 ScaNN vs brute force over 1M item vectors, recall@100 against exact and queries/s side by side (its options after
@@ -239,25 +240,34 @@ def macdae_rank(args) -> int:
     records = [r.numpy() for r in tf.data.TFRecordDataset([str(f) for f in data.files("test")],
                                                           data.manifest.get("compression", "GZIP"))]
     examples = [tf.train.Example.FromString(r) for r in records]
-    longest = max(examples, key=lambda e: len(e.features.feature["hist_poi_id"].int64_list.value))
-    hist = len(longest.features.feature["hist_poi_id"].int64_list.value)
-    per_candidate = {"poi_id": "eval_neg_poi_id", "cell": "eval_neg_cell", "distance_km": "eval_neg_distance_km"}
+    # the candidate columns come from the spec: the item id and each `eval_negatives` field's `source:`
+    from training.ranking import negatives_field
+
+    spec = data.spec
+    seq, id_field = negatives_field(spec)
+    per_candidate = {spec.keys["item"]: id_field,
+                     **{sf.source: sf.name for sf in spec[seq].fields if sf.name != id_field and sf.source}}
+    history = next(sf.name for f in spec.of_kind("sequence") if f.name != seq for sf in f.fields)
+    longest = max(examples, key=lambda e: _length(e.features.feature[history]))
+    hist = _length(longest.features.feature[history])
     candidates = []
     for e in examples:
         f = e.features.feature
-        for i in range(len(f["eval_neg_poi_id"].int64_list.value)):
+        for i in range(_length(f[id_field])):
             c = tf.train.Example()
-            c.features.feature["poi_id"].int64_list.value.append(f["eval_neg_poi_id"].int64_list.value[i])
-            c.features.feature["cell"].bytes_list.value.append(f["eval_neg_cell"].bytes_list.value[i])
-            c.features.feature["distance_km"].float_list.value.append(f["eval_neg_distance_km"].float_list.value[i])
+            for column, field in per_candidate.items():
+                values = f[field]
+                kind = values.WhichOneof("kind")
+                getattr(c.features.feature[column], kind).value.append(getattr(values, kind).value[i])
             candidates.append(c.SerializeToString())
         if len(candidates) >= args.candidates:
             break
     candidates = candidates[:args.candidates]
     context = tf.train.Example()
     context.CopyFrom(longest)
-    for key in (*per_candidate, *per_candidate.values(), "checkin"):
-        del context.features.feature[key]
+    for key in (*per_candidate, *per_candidate.values(), *(lab.name for lab in spec.labels)):
+        if key in context.features.feature:
+            del context.features.feature[key]
     results = measure_rank(base, versions, context.SerializeToString(), candidates, args)
     report(f"Wide&Deep (+ MACDAE) rank request ({args.macdae_run}): 1 user, {len(candidates)} candidates, history "
            f"{hist}; {args.requests} requests each, {args.rounds} alternating rounds, {os.cpu_count()} cores; "
@@ -330,6 +340,12 @@ def sr_foundation_rank(args) -> int:
            Path(args.json).with_name("serving_sr_foundation.json"),
            {"run": args.sr_run, "candidates": args.candidates, "history": hist})
     return 0
+
+
+def _length(feature) -> int:
+    """How many values a tf.train.Feature holds, whatever its kind."""
+    kind = feature.WhichOneof("kind")
+    return len(getattr(feature, kind).value) if kind else 0
 
 
 def measure_rank(base: Path, versions: dict[str, Path], context: bytes, candidates: list[bytes], args) -> dict:

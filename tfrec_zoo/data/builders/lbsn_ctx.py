@@ -116,12 +116,16 @@ def eval_negative_lists(rows: pd.DataFrame, train: pd.DataFrame, visited: dict, 
 
 
 def poi_users(train: pd.DataFrame, pois: pd.DataFrame) -> pd.DataFrame:
-    """The catalogue of `poi_users`: per POI (every POI of the files) its top POI_USERS users by train check-ins."""
+    """The POI catalogue: per POI (every POI of the files) `poi_users`, its top POI_USERS users by train
+    check-ins, and its `categories` when the subset has them."""
     counts = train.groupby(["poi_id", "user_id"]).size().reset_index(name="n")
     counts = counts.sort_values(["poi_id", "n", "user_id"], ascending=[True, False, True])
     top = counts.groupby("poi_id", sort=False).head(POI_USERS).groupby("poi_id", sort=False)["user_id"].agg(list)
-    return pd.DataFrame({"poi_id": pois.index.to_numpy(),
-                         "poi_users": [top.get(p, []) for p in pois.index.to_numpy()]})
+    out = pd.DataFrame({"poi_id": pois.index.to_numpy(),
+                        "poi_users": [top.get(p, []) for p in pois.index.to_numpy()]})
+    if "categories" in pois:      # Yelp: the POI's categories are the candidate's, looked up by its id in the graph
+        out["categories"] = [list(c) for c in pois["categories"].to_numpy()]
+    return out
 
 
 def _shortcut_auc(pos: np.ndarray, neg: np.ndarray) -> float:

@@ -111,5 +111,7 @@ def test_two_tower_experiment_trains_evaluates_and_exports_from_the_cli_path(tmp
     assert (tmp_path / "sm" / "models.config").read_text().count("config {") == 4
     data = open_dataset(tmp_path / "ml60")
     records = validation_records(data, 8)
-    served = fresh_process_outputs(tmp_path / "sm" / "tt_topk" / "1", records)
+    # each export passed fresh-process parity when written; here its top-K answers as a top-K must
+    served = {k: v.numpy() for k, v in tf.saved_model.load(str(tmp_path / "sm" / "tt_topk" / "1")).signatures[
+        "serving_default"](examples=tf.constant(records)).items()}
     assert served["ids"].shape == (8, 20) and np.all(np.diff(served["scores"], axis=1) <= 1e-6)

@@ -148,7 +148,7 @@ class FeatureEmbeddings:
         """[B, 1] normalised float, concatenated with its bucket embedding when the spec asks for buckets."""
         f = self.spec[name]
         assert isinstance(f, DenseFeature)
-        stats = self.artifacts.stats[name]
+        stats = self.artifacts.stats.get(name, {})          # none for a joined column (normalization: none)
         out = self._layer(f"norm_{name}", lambda: DenseTransform(f.normalization, stats, name=f"norm_{name}"))(
             inputs[name])
         if f.buckets and stats.get("boundaries"):

@@ -11,9 +11,18 @@ from tfrec_zoo.paths import default_data_dir
 from .experiment import Experiment, ExperimentError
 
 
-def experiment_data(exp: Experiment, log=print) -> DatasetDir:
-    """The experiment's dataset, or the subset its `rows:` selects (written into data/subsets/ on first use)."""
+def experiment_data(exp: Experiment, log=print, run_dir: Path | None = None) -> DatasetDir:
+    """The experiment's dataset, with the predictions its `join:` adds (data/joined/, training/join.py; stage
+    names resolve under `run_dir`), or the subset its `rows:` selects (data/subsets/); each written on first use."""
     data = resolve_dataset(exp.dataset, log)
+    if exp.join:
+        from .join import join_predictions, resolve_join
+
+        join = resolve_join(exp.join, run_dir)
+        try:
+            data = join_predictions(data, join, default_data_dir() / "joined", where=f"{exp.source}: join", log=log)
+        except FileNotFoundError as e:
+            raise ExperimentError(exp.source, "join", str(e).split(": ", 1)[-1]) from None
     if not exp.rows:
         return data
     from tfrec_zoo.data.subset import RowSelection, select_rows

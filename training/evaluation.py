@@ -21,13 +21,13 @@ from tfrec_zoo import metrics as M
 from tfrec_zoo.features import FeatureSpec
 
 
-def collect(model, dataset, spec: FeatureSpec, max_batches: int | None = None) -> dict[str, Any]:
+def collect(model, dataset, spec: FeatureSpec, max_batches: int | None = None,
+            group_by: str | None = None) -> dict[str, Any]:
     """Predictions, labels, weights and grouping columns of a whole split, as numpy arrays."""
     import tensorflow as tf
 
-    user = spec.keys.get("user")
     domains = [f.name for f in spec.of_kind("domain")]
-    keep = [c for c in [user, *domains] if c]
+    keep = [c for c in [group_by or spec.keys.get("user"), *domains] if c]
     out: dict[str, list] = {}
 
     for i, batch in enumerate(dataset):
@@ -57,9 +57,10 @@ def _binary(labels, probs, groups) -> dict[str, float]:
 
 
 def task_metrics(spec: FeatureSpec, data: dict[str, np.ndarray], rows: np.ndarray | None = None,
-                 tasks: Collection[str] | None = None) -> dict[str, dict]:
-    user = spec.keys.get("user")
-    groups_all = data.get(f"key/{user}") if user else None
+                 tasks: Collection[str] | None = None, group_by: str | None = None) -> dict[str, dict]:
+    """Metrics per task; GAUC groups by `group_by` (default the spec's user key)."""
+    group_by = group_by or spec.keys.get("user")
+    groups_all = data.get(f"key/{group_by}") if group_by else None
     out = {}
     for lab in spec.labels:
         if tasks is not None and lab.task not in tasks:
@@ -87,16 +88,17 @@ def task_metrics(spec: FeatureSpec, data: dict[str, np.ndarray], rows: np.ndarra
 
 
 def evaluate_split(model, dataset, spec: FeatureSpec, max_batches: int | None = None,
-                   tasks: Collection[str] | None = None) -> dict[str, Any]:
-    """{'overall': {task: metrics}, 'by_domain': {domain: {value: {task: metrics}}}} for `tasks` (default: all)."""
-    data = collect(model, dataset, spec, max_batches)
-    result: dict[str, Any] = {"overall": task_metrics(spec, data, tasks=tasks)}
+                   tasks: Collection[str] | None = None, group_by: str | None = None) -> dict[str, Any]:
+    """{'overall': {task: metrics}, 'by_domain': {domain: {value: {task: metrics}}}} for `tasks` (default: all);
+    GAUC groups rows by `group_by` (default the spec's user key: a session step's list in a replay)."""
+    data = collect(model, dataset, spec, max_batches, group_by)
+    result: dict[str, Any] = {"overall": task_metrics(spec, data, tasks=tasks, group_by=group_by)}
     for f in spec.of_kind("domain"):
         values = data.get(f"key/{f.name}")
         if values is None:
             continue
-        per_value = {(v.decode() if isinstance(v, bytes) else str(v)): task_metrics(spec, data, values == v, tasks)
-                     for v in np.unique(values)}
+        per_value = {(v.decode() if isinstance(v, bytes) else str(v)):
+                     task_metrics(spec, data, values == v, tasks, group_by) for v in np.unique(values)}
         result.setdefault("by_domain", {})[f.name] = per_value
         result.setdefault("domain_mean", {})[f.name] = domain_mean(per_value)
     return result
@@ -196,13 +198,18 @@ def _atomic_write(path: Path, text: str) -> None:
 @register_protocol("pointwise")
 def _pointwise(exp, model, data) -> tuple[dict, str]:
     ev = exp.evaluation or {}
+    group_by = ev.get("group_by") or data.spec.keys.get("user")
+    if group_by and group_by not in {f.name for f in data.spec.row_features}:
+        raise ValueError(f"{exp.source}: evaluation.group_by: {group_by!r} is not a column of {data.spec.source} "
+                         f"(GAUC groups rows by it); use one of its id columns, e.g. {data.spec.keys.get('user')!r}")
     results = {}
     for split in ev.get("splits", ["valid", "test"]):
         if split in data.manifest["splits"]:
-            # the model's inputs plus what metrics group by (user for GAUC, domains)
-            keys = [c for c in [data.spec.keys.get("user"), *(f.name for f in data.spec.of_kind("domain"))] if c]
-            ds = data.dataset(split, 4096, features=list(model.input_names) + keys)
-            results[split] = evaluate_split(model, ds, data.spec, ev.get("max_batches"), trained_tasks(model))
+            # the model's inputs plus what metrics group by (GAUC's groups, domains)
+            keys = [c for c in [group_by, *(f.name for f in data.spec.of_kind("domain"))] if c]
+            ds = data.dataset(split, 4096, features=list(dict.fromkeys(list(model.input_names) + keys)))
+            results[split] = evaluate_split(model, ds, data.spec, ev.get("max_batches"), trained_tasks(model),
+                                            group_by)
     return results, ""
 
 

@@ -15,6 +15,9 @@
     restore: {checkpoint: RUN_DIR_OR_CKPT, include: ['^emb_'], freeze: ['^emb_']}
     tune: {algorithm: random, max_trials: 4, objective: val_like_auc, space: {...}}
     domain_loss_weights: {scene: {search: 1.0, rec: 0.3}}   # multi-domain: scale each domain's loss
+    join: {cloud_prior: {from: cloud}}    # an earlier stage's predictions as a column (training/join.py)
+    features: {drop: [session_history]}   # the inputs the model may see (`keep: [...]` or `drop: [...]`, top-level
+        # spec names; labels and an id's side attributes follow): a cloud model that must not read in-session clicks
     rows: {drop: {domain: [0]}}       # train and evaluate on a subset of the dataset's rows (tfrec_zoo/data/subset.py):
         # keep / drop {column: [ids]}, share {split: fraction} (e.g. {keep: {domain: [0]}, share: {train: 0.1}}: a
         # cold-start domain's 10%), seed; written once beside the datasets (data/subsets/)
@@ -27,8 +30,9 @@
       - {name: psu, model: seminar_psu, epochs: 1, params: {...}, losses: {align: 0.1}}
       - {name: warm, model: din, dataset: other-domain, restore: {from: psu, include: ['^emb_']}, evaluate: true}
     restore: {from: warm, include: ['^emb_'], freeze_level: 1}   # the final model restores an earlier stage
-        # each stage: name, model, and optionally dataset / rows / params / losses / tasks / epochs / optimizer /
-        # batch_size / steps_per_epoch / restore ({from: EARLIER_STAGE, ...}) / evaluate (default false). A stage's
+        # each stage: name, model, and optionally dataset / rows / features / join / params / losses / tasks /
+        # epochs / optimizer / batch_size / steps_per_epoch / restore ({from: EARLIER_STAGE, ...}) / evaluate
+        # (default false); `join.*.from` names an earlier stage too. A stage's
         # `rows` is its own (not the final model's: pretraining drops the rows fine-tuning keeps). A stage
         # is a run of its own: killed, it resumes; finished, it is not trained again.
 """
@@ -43,6 +47,8 @@ import yaml
 
 from tfrec_zoo.features import safe_yaml
 from tfrec_zoo.features.spec import FeatureSpecError
+
+from .join import check_join, resolve_join
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "parameter_server")
 OPTIMIZERS = ("adam", "adagrad", "sgd", "rmsprop")
@@ -72,6 +78,8 @@ class Experiment:
     restore: dict | None = None
     tune: dict | None = None
     domain_loss_weights: dict | None = None
+    features: dict | None = None
+    join: dict | None = None
     rows: dict | None = None
     pretrain: dict | None = None
     stages: list | None = None
@@ -85,13 +93,15 @@ _TYPES = {"name": str, "dataset": str, "model": str, "params": dict, "tasks": di
           "batch_size": int, "epochs": int, "steps_per_epoch": (int, type(None)), "shuffle_buffer": int, "seed": int,
           "strategy": str, "early_stopping": (dict, type(None)), "evaluation": dict, "restore": (dict, type(None)),
           "tune": (dict, type(None)), "domain_loss_weights": (dict, type(None)), "rows": (dict, type(None)),
-          "pretrain": (dict, type(None)), "stages": (list, type(None))}
+          "features": (dict, list, type(None)), "join": (dict, type(None)), "pretrain": (dict, type(None)),
+          "stages": (list, type(None))}
 _REQUIRED = ("name", "dataset", "model")
 _SUBKEYS = {"optimizer": {"name", "learning_rate", "clipnorm"},
             "early_stopping": {"monitor", "mode", "patience", "min_delta"},
             "evaluation": {"splits", "group_by", "domain", "max_batches", "ks", "max_users", "modes", "max_rows"},
             "pretrain": {"model", "dataset", "rows", "params", "losses", "epochs", "optimizer", "batch_size", "include",
                          "exclude", "freeze", "freeze_level"},
+            "features": {"keep", "drop"},
             "restore": {"checkpoint", "from", "include", "exclude", "freeze", "freeze_level"},
             "tune": {"algorithm", "max_trials", "objective", "direction", "space", "epochs", "executions_per_trial",
                      "max_epochs", "factor"}}
@@ -171,6 +181,11 @@ def parse_experiment(raw: Any, source: str = "<memory>", overrides: list[str] | 
             fail(f"domain_loss_weights.{feat}", f"expected {{domain value: non-negative weight}}, got {table!r}")
     if exp.rows is not None:
         _check_rows(exp.rows, "rows", fail)
+    if exp.features is not None:
+        _check_features(exp.features, "features", fail)
+    if exp.join is not None:
+        earlier = [st["name"] for st in as_stages(exp)[0]] if (exp.stages or exp.pretrain) else None
+        check_join(exp.join, "join", earlier, fail)
     if exp.early_stopping and "monitor" not in exp.early_stopping:
         fail("early_stopping.monitor", "is required", "name a metric, e.g. val_like_auc")
     from tfrec_zoo.models import model_config
@@ -200,8 +215,8 @@ def parse_experiment(raw: Any, source: str = "<memory>", overrides: list[str] | 
     return exp
 
 
-STAGE_KEYS = {"name", "model", "dataset", "rows", "params", "losses", "tasks", "epochs", "optimizer", "batch_size",
-              "steps_per_epoch", "restore", "evaluate"}
+STAGE_KEYS = {"name", "model", "dataset", "rows", "features", "join", "params", "losses", "tasks", "epochs",
+              "optimizer", "batch_size", "steps_per_epoch", "restore", "evaluate"}
 # run-directory entries a stage directory must not take
 _RESERVED = {"backup", "checkpoints", "logs", "model", "early_stopping", "config.yaml", "metrics.json", "summary.md",
              "history.csv", "restore.json", "DONE"}
@@ -215,6 +230,16 @@ def _check_rows(rows, where: str, fail) -> None:
     except ValueError as e:
         path, _, problem = str(e).partition(": ")
         fail(path, problem)
+
+
+def _check_features(selection, where: str, fail) -> None:
+    """The shape of a `features:` selection; its names are checked against the dataset's spec when the model is
+    built (FeatureSpec.select)."""
+    if not isinstance(selection, dict) or len(selection) != 1 or not set(selection) <= {"keep", "drop"}:
+        fail(where, f"expected {{keep: [names]}} or {{drop: [names]}}, got {selection!r}")
+    names = next(iter(selection.values()))
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        fail(f"{where}.{next(iter(selection))}", f"expected a non-empty list of feature names, got {names!r}")
 
 
 def _check_restore(restore: dict, where: str, earlier: list[str], fail) -> None:
@@ -251,6 +276,10 @@ def _check_stages(exp: Experiment, fail) -> None:
             _check_restore(st["restore"], f"{where}.restore", names, fail)
         if "rows" in st:
             _check_rows(st["rows"], f"{where}.rows", fail)
+        if "features" in st:
+            _check_features(st["features"], f"{where}.features", fail)
+        if "join" in st:
+            check_join(st["join"], f"{where}.join", names, fail)
         try:
             model_config(st["model"], st.get("params", {}), source=f"{where}.params")
         except (ValueError, TypeError) as e:
@@ -265,7 +294,8 @@ def stage_experiment(exp: Experiment, stage: dict, run_dir) -> Experiment:
     if restore and "from" in restore:
         restore["checkpoint"] = str(Path(run_dir) / restore.pop("from"))
     return Experiment(name=f"{exp.name}-{stage['name']}", dataset=stage.get("dataset", exp.dataset),
-                      rows=stage.get("rows"),
+                      rows=stage.get("rows"), features=stage.get("features"),
+                      join=resolve_join(stage["join"], run_dir) if stage.get("join") else None,
                       model=stage["model"], params=dict(stage.get("params", {})), tasks=dict(stage.get("tasks", {})),
                       losses=dict(stage.get("losses", {})), optimizer=stage.get("optimizer", exp.optimizer),
                       batch_size=int(stage.get("batch_size", exp.batch_size)), epochs=int(stage.get("epochs", 1)),

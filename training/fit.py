@@ -38,9 +38,20 @@ def make_optimizer(cfg: dict):
     return _OPTIMIZERS[cfg.get("name", "adam")](**kw)
 
 
+def model_spec(exp: Experiment, spec):
+    """The spec the experiment's model is built on: the dataset's, less the inputs `features:` leaves out."""
+    if not exp.features:
+        return spec
+    return spec.select(**exp.features, where=f"{exp.source}: features")
+
+
 def build(exp: Experiment, data: DatasetDir):
     try:
-        return build_model(exp.model, data.spec, data.artifacts, exp.params, source=f"{exp.source}: params")
+        spec = model_spec(exp, data.spec)
+    except ValueError as e:                 # `features:` names what the spec lacks: nothing was built yet
+        raise ModelBuildError(str(e)) from None
+    try:
+        return build_model(exp.model, spec, data.artifacts, exp.params, source=f"{exp.source}: params")
     except ValueError as e:
         # a model's own check names its config field; the experiment file is where the user fixes it
         msg = str(e)

@@ -27,22 +27,25 @@ def key_columns(data: DatasetDir) -> list[str]:
     return [c for role, c in data.spec.keys.items() if role in ("user", "item", "time", "query") and c in names]
 
 
-def predictions(model, data: DatasetDir, split: str, batch_size: int = 4096):
-    """{column: array} of `split`: row, key columns, one column per model output."""
+def predictions(model, data: DatasetDir, split: str, batch_size: int = 4096, feed: dict[str, str] | None = None):
+    """{column: array} of `split`: row, key columns, one column per model output. `feed` ({model input: data
+    column}) scores the model with another column of the data in place of one of its inputs."""
     import pandas as pd
 
+    feed = feed or {}
     inputs = list(model.input_names)
     from tfrec_zoo.inputs import build_inputs
 
-    missing = [k for k in inputs if k not in build_inputs(data.spec)]
+    missing = [feed.get(k, k) for k in inputs if feed.get(k, k) not in build_inputs(data.spec)]
     if missing:
         raise ValueError(f"{data.path}: the model reads {missing}, which the dataset's spec does not have; score a "
                          "dataset written with the run's spec (or one that adds features to it)")
     keys = key_columns(data)
     cols: dict[str, list] = {}
-    for batch in data.dataset(split, batch_size, features=list(dict.fromkeys(inputs + keys))):
+    read = [feed.get(k, k) for k in inputs]
+    for batch in data.dataset(split, batch_size, features=list(dict.fromkeys(read + keys))):
         feats = batch[0]
-        out = model.predict_on_batch({k: feats[k] for k in inputs})
+        out = model.predict_on_batch({k: feats[feed.get(k, k)] for k in inputs})
         out = out if isinstance(out, dict) else {"prediction": out}
         for k in keys:
             v = feats[k].numpy()

@@ -66,7 +66,7 @@ def load_run(run_dir: str | Path, log=print) -> tuple[Experiment, DatasetDir, An
     if not (run_dir / "model").exists():
         raise FileNotFoundError(f"{run_dir}: no trained model (run_dir/model); train first")
     exp = parse_experiment(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
-    data = experiment_data(exp, log)
+    data = experiment_data(exp, log, run_dir)
     model = build(exp, data)
     load_weights(model, run_dir / "model")
     return exp, data, model

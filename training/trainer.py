@@ -59,8 +59,9 @@ def train(exp: Experiment, run_dir: str | Path, *, strategy=None, verbose: int =
         raise ModelBuildError(f"{exp.source}: params: {frozen} keep restored weights fixed while fine-tuning, but "
                               "nothing is restored (no `pretrain:` or `restore:`): they would stay at their initial "
                               "values; set them false")
-    # the dataset first: a wrong `dataset:` fails before a run directory is created
-    data = experiment_data(exp, log)
+    # the dataset first: a wrong `dataset:` fails before a run directory is created (a `join:` of a stage's
+    # predictions waits for the stages)
+    data = None if exp.join and (exp.stages or exp.pretrain) else experiment_data(exp, log, run_dir)
     config = run_dir / "config.yaml"
     if is_finished(run_dir):
         if yaml.safe_load(config.read_text()) != exp.to_dict():
@@ -109,11 +110,13 @@ def _restore(exp: Experiment, model, data: DatasetDir, log) -> RestoreReport | N
     return report
 
 
-def _train(exp: Experiment, run_dir: Path, data: DatasetDir, *, strategy, verbose: int, log, evaluate: bool,
-           callbacks: list | None) -> RunResult:
+def _train(exp: Experiment, run_dir: Path, data: DatasetDir | None, *, strategy, verbose: int, log,
+           evaluate: bool, callbacks: list | None) -> RunResult:
     written = exp.to_dict()          # config.yaml keeps the experiment as given (with `stages:` / `pretrain:`)
     if exp.pretrain or exp.stages:
         exp = _run_stages(exp, run_dir, strategy, verbose, log)
+    if data is None:
+        data = experiment_data(exp, log, run_dir)
     elif exp.restore and "from" in exp.restore:
         raise ModelBuildError(f"{exp.source}: restore.from: {exp.restore['from']!r} names no stage")
     strategy = strategy or tf.distribute.get_strategy()

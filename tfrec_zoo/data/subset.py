@@ -11,6 +11,8 @@ ids at the same rows, and restoring needs no remapping.
 * keep / drop: `{column: [values]}` of scalar id / domain columns, or of a binary label (`{click: [1]}`: the
   positive rows, what an autoencoder pretrains on); a row is kept when every `keep` column's value is in its list
   and no `drop` column's value is in its list.
+* splits: `[train]`: keep / drop apply to these splits only (the others are kept whole: a stage of a pipeline
+  trains on its own part of train and still validates on the common valid split).
 * share: `{split: fraction}`; a row of that split is kept when a keyed hash of its serialized bytes falls in the
   first `fraction` of the hash range: the same rows for the same seed whatever the shard order, independent rows
   for another seed.
@@ -43,15 +45,16 @@ class RowSelection:
     drop: dict[str, tuple] = field(default_factory=dict)
     share: dict[str, float] = field(default_factory=dict)
     seed: int = 0
+    splits: tuple = ()                 # keep / drop apply to these splits only; () = every split
 
     @classmethod
     def parse(cls, raw: Any, where: str = "rows") -> "RowSelection":
         """From an experiment's `rows:` mapping; errors name `where` and the key."""
         if not isinstance(raw, dict):
             raise ValueError(f"{where}: expected a mapping with keep / drop / share / seed, got {raw!r}")
-        unknown = sorted(set(raw) - {"keep", "drop", "share", "seed"})
+        unknown = sorted(set(raw) - {"keep", "drop", "share", "seed", "splits"})
         if unknown:
-            raise ValueError(f"{where}.{unknown[0]}: unknown key; use keep, drop, share or seed")
+            raise ValueError(f"{where}.{unknown[0]}: unknown key; use keep, drop, share, seed or splits")
         out: dict[str, Any] = {"keep": {}, "drop": {}, "share": {}}
         for key in ("keep", "drop"):
             table = raw.get(key) or {}
@@ -75,11 +78,19 @@ class RowSelection:
             raise ValueError(f"{where}.seed: expected an integer, got {seed!r}")
         if not (out["keep"] or out["drop"] or out["share"]):
             raise ValueError(f"{where}: selects every row; give keep, drop or share (or remove `rows:`)")
-        return cls(out["keep"], out["drop"], out["share"], seed)
+        splits = raw.get("splits") or []
+        if not isinstance(splits, list) or not all(s in ("train", "valid", "test") for s in splits):
+            raise ValueError(f"{where}.splits: expected a list of train / valid / test, got {splits!r}")
+        if splits and not (out["keep"] or out["drop"]):
+            raise ValueError(f"{where}.splits: says where keep / drop apply, and neither is given")
+        return cls(out["keep"], out["drop"], out["share"], seed, tuple(splits))
 
     def to_dict(self) -> dict:
-        return {"keep": {k: list(v) for k, v in self.keep.items()}, "drop": {k: list(v) for k, v in self.drop.items()},
-                "share": dict(self.share), "seed": self.seed}
+        out = {"keep": {k: list(v) for k, v in self.keep.items()},
+               "drop": {k: list(v) for k, v in self.drop.items()}, "share": dict(self.share), "seed": self.seed}
+        if self.splits:                # only when set: the fingerprints of existing subsets stay as they were
+            out["splits"] = list(self.splits)
+        return out
 
     def check(self, spec: FeatureSpec, where: str = "rows") -> None:
         """Every column is a scalar id / domain column or a binary label of `spec` and its values have the column's
@@ -150,7 +161,8 @@ def _write_split(parent: DatasetDir, selection: RowSelection, split: str, root: 
     import tensorflow as tf
 
     compression = parent.manifest.get("compression", "GZIP")
-    columns = sorted({*selection.keep, *selection.drop})
+    selects = not selection.splits or split in selection.splits
+    columns = sorted({*selection.keep, *selection.drop}) if selects else []
     kinds = {c: _kind(parent.spec[c]) for c in columns}
     desc = {c: tf.io.FixedLenFeature([], {"int64": tf.int64, "label": tf.float32}.get(k, tf.string))
             for c, k in kinds.items()}
@@ -163,9 +175,9 @@ def _write_split(parent: DatasetDir, selection: RowSelection, split: str, root: 
             records = batch.numpy()
             mask = np.ones(len(records), bool)
             parsed = tf.io.parse_example(batch, desc) if columns else {}
-            for col, values in selection.keep.items():
+            for col, values in selection.keep.items() if selects else ():
                 mask &= np.isin(_values(parsed[col]), _typed(values, kinds[col]))
-            for col, values in selection.drop.items():
+            for col, values in selection.drop.items() if selects else ():
                 mask &= ~np.isin(_values(parsed[col]), _typed(values, kinds[col]))
             if share is not None:
                 h = tf.strings.to_hash_bucket_strong(batch, HASH_RANGE, key=[selection.seed, 20_231_021]).numpy()

@@ -193,7 +193,7 @@ def fit_artifacts(spec: FeatureSpec, train: pd.DataFrame,
         vocabs[table] = kept[: cfg.vocab.max_size] if cfg.vocab.max_size else kept
     stats: dict[str, dict[str, Any]] = {}
     for f in spec.features:
-        if isinstance(f, DenseFeature):
+        if isinstance(f, DenseFeature) and not f.is_joined:    # a joined column is filled later, unnormalised
             _need(spec, train, f.name)
             stats[f.name] = _dense_stats(np.asarray(train[f.name], dtype=np.float64), f.buckets)
         elif isinstance(f, SequenceFeature):

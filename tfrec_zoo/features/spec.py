@@ -92,7 +92,13 @@ class Feature:
 
     @property
     def is_input(self) -> bool:
-        return self.kind != "label" and not self.side_of
+        return self.kind != "label" and not self.side_of and not self.is_joined
+
+    @property
+    def is_joined(self) -> bool:
+        """A column the builder does not write: a pipeline stage joins an earlier stage's predictions into it
+        (`joined: true`, training/join.py); until then it is neither a row feature nor an input."""
+        return bool(getattr(self, "joined", False))
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,8 @@ class DenseFeature(Feature):
     bucket_embedding_dim: int = 8
     # a missing value: None = an error naming the file and line; a number; or "mean" / "median" of the train split
     fill: Any = None
+    # not written by the builder: an experiment's `join:` fills it with an earlier stage's predictions
+    joined: bool = False
 
 
 @dataclass(frozen=True)
@@ -254,8 +262,17 @@ class FeatureSpec:
 
     @property
     def row_features(self) -> list[Feature]:
-        """Features stored in each example (inputs and labels; not `side_of` attributes)."""
-        return [f for f in self.features if not f.side_of]
+        """Features stored in each example (inputs and labels; not `side_of` attributes, not unjoined columns)."""
+        return [f for f in self.features if not f.side_of and not f.is_joined]
+
+    def with_joined(self, names: list[str]) -> "FeatureSpec":
+        """The spec of a dataset into which `names` (`joined: true` columns) have been joined: ordinary dense
+        inputs now."""
+        raw = self.to_dict()
+        for d in raw["features"]:
+            if d["name"] in names:
+                d.pop("joined", None)
+        return parse_spec(raw, source=self.source)
 
     @cached_property
     def _side_by_owner(self) -> dict[str | None, list[Feature]]:
@@ -356,6 +373,33 @@ class FeatureSpec:
             out["keys"] = dict(self.keys)
         return out
 
+    def select(self, keep: Any = None, drop: Any = None, where: str = "features") -> "FeatureSpec":
+        """This spec with only some inputs: `keep` (the inputs to keep) or `drop` (the inputs to leave out), top-level
+        feature names. Labels always stay; a `side_of` attribute stays with its id. A model built on the result
+        never sees the rest (a cloud model that must not read the in-session clicks the data also holds). Errors
+        name `where`: an unknown name, or a kept feature that needs a left-out one (a history sharing its table)."""
+        if (keep is None) == (drop is None):
+            raise FeatureSpecError(where, "", "give either `keep` or `drop`")
+        names = list(keep if keep is not None else drop)
+        inputs = [f.name for f in self.inputs]
+        for n in names:
+            if not isinstance(n, str) or n not in inputs:
+                hint = difflib.get_close_matches(str(n), inputs, 1)
+                raise FeatureSpecError(where, "", f"{n!r} is not an input feature of {self.source}",
+                                       f"use {hint[0]!r}" if hint else f"use some of {_some(inputs)}")
+        chosen = set(names) if keep is not None else set(inputs) - set(names)
+        if not chosen:
+            raise FeatureSpecError(where, "", "no input feature is left", "keep at least one")
+        kept = [f for f in self.features
+                if not f.is_input and not f.side_of or f.name in chosen or f.side_of in chosen]
+        raw = self.to_dict()
+        raw["features"] = [d for d, f in zip(raw["features"], self.features) if f in kept]
+        try:
+            return parse_spec(raw, source=f"{self.source} ({where})")
+        except FeatureSpecError as e:
+            raise FeatureSpecError(where, "", f"the selected features of {self.source} do not stand alone: "
+                                   f"{e.path}: {e.problem}", "keep the feature it names too") from None
+
     @property
     def fingerprint(self) -> str:
         """sha256 of the canonical parsed spec: equal for equal specs whatever their YAML layout."""
@@ -373,7 +417,7 @@ _ALLOWED_KEYS = {
     "id": _CATEGORICAL_KEYS | {"side_of", "fill"},
     "domain": _CATEGORICAL_KEYS | {"fill"},
     "multi_hot": _CATEGORICAL_KEYS | {"max_len", "combiner", "weights", "side_of"},
-    "dense": _COMMON_KEYS | {"normalization", "buckets", "bucket_embedding_dim", "fill"},
+    "dense": _COMMON_KEYS | {"normalization", "buckets", "bucket_embedding_dim", "fill", "joined"},
     "vector": _COMMON_KEYS | {"dim", "produced_by", "side_of"},
     "text": _COMMON_KEYS | {"encoder", "dim", "source", "side_of"},
     "sequence": _COMMON_KEYS | {"max_len", "fields", "only_positive"},
@@ -626,6 +670,10 @@ def _parse_feature(ctx: _Ctx, raw: Any, path: str) -> Feature:
         if kw["buckets"] is not None:
             ctx.in_range(kw["buckets"], f"{path}.buckets", 2, MAX_DENSE_BUCKETS)
         kw["bucket_embedding_dim"] = ctx.count(raw, "bucket_embedding_dim", path, 8, MAX_EMBEDDING_DIM)
+        kw["joined"] = ctx.get(raw, "joined", bool, path, False)
+        if kw["joined"] and (kw["normalization"] != "none" or kw["buckets"] or "fill" in raw):
+            ctx.fail(f"{path}.joined", "a joined column has no train statistics (it is filled after the dataset is "
+                     "written)", "set `normalization: none` and no `buckets` / `fill`")
     elif kind == "vector":
         kw["dim"] = ctx.count(raw, "dim", path, None, MAX_VECTOR_DIM, required=True)
         kw["produced_by"] = ctx.get(raw, "produced_by", str, path, "")

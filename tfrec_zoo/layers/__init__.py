@@ -3,6 +3,7 @@ from .attention import TargetAttention
 from .autoencoder import (MixtureHeadsEncoder, PairwiseProducts, gaussian_kl, head_diversity_loss,
                           reconstruction_loss)
 from .feature_layers import DenseTransform, FrozenTable, LengthMask, MaskedPooling, PoolSteps, ValidSteps
+from .device_cloud import PriorLogit
 from .divergence import DomainDivergence, js_penalty, mmd_penalty
 from .domain_select import DomainSelect
 from .interaction import FMInteraction, MixtureOfExperts
@@ -15,6 +16,6 @@ __all__ = ["AdaptiveInterestSelection", "AspectGatingFusion", "CapsuleInterests"
            "DomainDivergence", "DomainLinearMaps", "DomainRowCounter", "DomainSelect", "FMInteraction",
            "FrozenTable", "gaussian_kl", "head_diversity_loss", "js_penalty", "LengthMask", "mask_collisions",
            "MaskedPooling", "MixtureHeadsEncoder", "MixtureOfExperts", "mmd_penalty", "multi_interest_scores",
-           "nearest_prototype", "PairwiseProducts", "PLE", "PoolSteps", "prototype_contrastive_loss",
+           "nearest_prototype", "PriorLogit", "PairwiseProducts", "PLE", "PoolSteps", "prototype_contrastive_loss",
            "RandomTextVectors", "reconstruction_loss", "SelfAttentiveInterests", "STARTopology", "TargetAttention",
            "ValidSteps"]

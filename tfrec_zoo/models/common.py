@@ -93,11 +93,13 @@ def head(label: LabelFeature, x, extra_logit=None) -> tuple[Any, Any]:
     return _squeeze(logit, label.task), logit
 
 
-def heads(labels, hidden) -> tuple[dict, dict]:
-    """({task: output}, {task: logit}) of every label; `hidden` is one tensor or {task: tensor}."""
+def heads(labels, hidden, extra_logit=None) -> tuple[dict, dict]:
+    """({task: output}, {task: logit}) of every label; `hidden` is one tensor or {task: tensor}; `extra_logit`
+    ([B, 1]) is added to every task's logit."""
     outputs, logits = {}, {}
     for lab in labels:
-        outputs[lab.task], logits[lab.task] = head(lab, hidden[lab.task] if isinstance(hidden, dict) else hidden)
+        outputs[lab.task], logits[lab.task] = head(lab, hidden[lab.task] if isinstance(hidden, dict) else hidden,
+                                                   extra_logit)
     return outputs, logits
 
 

@@ -1,0 +1,243 @@
+"""Device-cloud replay (seed paper 4), step 1: sessions cut from real timestamps, the replay lists, a model's
+feature subset (`features:`), a stage's own part of train (`rows.splits`) and GAUC per list (`group_by`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfrec_zoo.data import open_dataset
+from tfrec_zoo.data.builders import build
+from tfrec_zoo.data.builders.sessions import (FIRST_STEP, HISTORY, cut_sessions, replay_rows, replay_splits,
+                                              step_parts)
+from tfrec_zoo.data.subset import RowSelection
+from tfrec_zoo.features import FeatureSpecError
+from tfrec_zoo.features.spec import load_spec
+from tfrec_zoo.paths import feature_specs_dir
+from training.evaluation import task_metrics
+from training.experiment import ExperimentError, parse_experiment
+
+SPEC = feature_specs_dir() / "ml-latest-small-sessions.yaml"
+
+
+def test_sessions_cut_at_a_new_user_or_a_gap_over_the_limit():
+    users = np.array([1, 1, 1, 1, 2, 2])
+    times = np.array([0, 1800, 3601, 3700, 3800, 9000], float)
+    np.testing.assert_array_equal(cut_sessions(users, times, 1800), [0, 0, 1, 1, 2, 3])
+    with pytest.raises(ValueError, match="seconds > 0"):
+        cut_sessions(users, times, 0)
+
+
+def test_steps_go_to_parts_by_their_place_among_the_users_steps():
+    # 10 steps of user 7: q = 0.05 .. 0.95 -> parts 0 0 0 0 1 1 2 2 3 4; one step of user 8 (q = 0.5) -> part 1
+    parts = step_parts(np.array([7] * 10 + [8]))
+    np.testing.assert_array_equal(parts, [0, 0, 0, 0, 1, 1, 2, 2, 3, 4, 1])
+
+
+def _log(n_users: int = 6, per_user: int = 40, n_items: int = 300, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        t = 1_000_000.0 * u
+        items = rng.choice(n_items, per_user, replace=False)
+        for j, item in enumerate(items):
+            t += 4000.0 if j % 10 == 0 else 60.0        # sessions of 10, an hour apart
+            rows.append((u, int(item), t))
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+
+
+def test_a_step_holds_the_next_logged_items_and_unseen_negatives_with_both_histories():
+    log = _log()
+    rows, facts = replay_rows(log, positives=3, negatives=4, seed=1)
+    assert facts["sessions"] == 6 * 4 and facts["list"]["negatives_short"] == 0
+    by_user = {u: g.sort_values("timestamp")["item_id"].tolist() for u, g in log.groupby("user_id")}
+    for step_id, lst in rows.groupby("step_id"):
+        u = int(lst["user_id"].iat[0])
+        assert lst["click"].tolist() == [1.0] * 3 + [0.0] * 4
+        seq = by_user[u]
+        pos = lst["item_id"].tolist()[:3]
+        s = seq.index(pos[0])                             # the step's position in the user's log
+        assert pos == seq[s:s + 3]
+        neg = lst["item_id"].tolist()[3:]
+        assert len(set(neg)) == 4 and not set(neg) & set(seq)      # never an item the user interacts with
+        clicks = int(lst["session_clicks"].iat[0])
+        assert clicks >= FIRST_STEP and (clicks - FIRST_STEP) % 3 == 0
+        device = lst["device_hist_item_id"].iat[0]
+        cloud = lst["cloud_hist_item_id"].iat[0]
+        assert device == seq[max(0, s - HISTORY):s]       # everything before the step
+        assert cloud == seq[max(0, s - clicks - HISTORY):s - clicks]   # before the session only
+        assert lst["session_item_id"].iat[0] == seq[s - min(clicks, 20):s]    # the session's clicks alone
+        assert lst["part"].nunique() == 1
+    splits = replay_splits(rows)
+    assert set(splits["valid"]["part"]) == {3} and set(splits["test"]["part"]) == {4}
+    assert set(splits["train"]["part"]) == {0, 1, 2}
+
+
+def test_too_short_sessions_say_so():
+    log = _log(n_users=1, per_user=4)
+    with pytest.raises(ValueError, match="no session has 7 interactions or more"):
+        replay_rows(log, positives=5)
+
+
+def test_a_feature_subset_keeps_labels_and_side_attributes_and_names_mistakes():
+    spec = load_spec(SPEC)
+    cloud = spec.select(keep=["item_id", "cloud_history"], where="cloud.yaml: features")
+    assert [f.name for f in cloud.inputs] == ["item_id", "cloud_history"]
+    assert [f.name for f in cloud.side_features("item_id")] == ["genres"]       # follows its id
+    assert [lab.task for lab in cloud.labels] == ["click"]
+    device = spec.select(drop=["cloud_history", "step_id", "part"])
+    assert [f.name for f in device.inputs] == ["user_id", "item_id", "session_clicks", "device_history",
+                                               "session_history"]
+    assert "device_history" in [f.name for f in device.inputs] and "cloud_history" not in device._by_name
+    with pytest.raises(FeatureSpecError, match=r"cloud.yaml: features: 'device_histroy' is not an input feature.*"
+                                               r"use 'device_history'"):
+        spec.select(keep=["device_histroy"], where="cloud.yaml: features")
+    with pytest.raises(FeatureSpecError, match="'click' is not an input feature"):
+        spec.select(drop=["click"])
+    # a history sharing the item's table cannot stand without the item
+    with pytest.raises(FeatureSpecError, match="do not stand alone: .*shares_embedding_with.*keep the feature"):
+        spec.select(keep=["cloud_history"])
+    with pytest.raises(FeatureSpecError, match="no input feature is left"):
+        spec.select(drop=[f.name for f in spec.inputs])
+
+
+@pytest.mark.parametrize("features, message", [
+    (["item_id"], "expected {keep: [names]} or {drop: [names]}"),
+    ({"keep": ["item_id"], "drop": ["part"]}, "expected {keep: [names]} or {drop: [names]}"),
+    ({"keep": []}, "features.keep: expected a non-empty list of feature names"),
+])
+def test_experiment_features_shape_errors_name_the_key(features, message):
+    raw = {"name": "x", "dataset": "d", "model": "din", "features": features}
+    with pytest.raises(ExperimentError, match=message.replace("[", r"\[").replace("{", r"\{")):
+        parse_experiment(raw, "x.yaml")
+    raw = {"name": "x", "dataset": "d", "model": "din",
+           "stages": [{"name": "cloud", "model": "din", "features": features}]}
+    with pytest.raises(ExperimentError, match=r"stages\[0\]\.features"):
+        parse_experiment(raw, "x.yaml")
+
+
+def test_rows_splits_limit_where_keep_applies():
+    sel = RowSelection.parse({"keep": {"part": [1]}, "splits": ["train"]})
+    assert sel.splits == ("train",) and sel.to_dict()["splits"] == ["train"]
+    assert "splits" not in RowSelection.parse({"keep": {"part": [1]}}).to_dict()    # old subsets keep their names
+    with pytest.raises(ValueError, match="rows.splits: expected a list of train / valid / test"):
+        RowSelection.parse({"keep": {"part": [1]}, "splits": ["training"]})
+    with pytest.raises(ValueError, match="neither is given"):
+        RowSelection.parse({"share": {"train": 0.5}, "splits": ["train"]})
+
+
+def test_gauc_groups_by_the_list_when_asked():
+    spec = load_spec(SPEC)
+    # two users, two lists each: within each list the model ranks the click first, across lists it does not
+    data = {"label/click": np.array([1, 0, 1, 0, 1, 0, 1, 0], float),
+            "pred/click": np.array([0.9, 0.8, 0.2, 0.1, 0.9, 0.8, 0.2, 0.1]),
+            "weight/click": np.ones(8),
+            "key/user_id": np.array([1, 1, 1, 1, 2, 2, 2, 2]),
+            "key/step_id": np.array([10, 10, 11, 11, 12, 12, 13, 13])}
+    by_list = task_metrics(spec, data, group_by="step_id")["click"]
+    by_user = task_metrics(spec, data)["click"]
+    assert by_list["gauc"] == 1.0 and by_list["gauc_groups"] == 4
+    assert by_user["gauc"] == 0.75 and by_user["gauc_groups"] == 2
+
+
+@pytest.fixture(scope="module")
+def ml_sessions(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "mlsess"
+    build("ml-latest-small-sessions", out, progress=False, log=lambda *_: None, options={"max_users": 30})
+    return out
+
+
+def test_prior_logit_is_the_squashed_logit_of_the_probability():
+    from tfrec_zoo.layers import PriorLogit
+
+    p = np.array([0.0, 0.2, 0.5, 1.0, 1.7], np.float32)
+    q = np.clip(p, 0, 1) * (1 - 1e-3) + 1e-4
+    np.testing.assert_allclose(PriorLogit()(p).numpy()[:, 0], np.log(q / (1 - q)), rtol=1e-5, atol=1e-6)
+
+
+def _pipeline(data: Path, **extra) -> dict:
+    din = {"dnn_units": [16], "attention_units": [8]}
+    return {"name": "pipe", "dataset": str(data), "model": "din", "epochs": 1, "batch_size": 256,
+            "params": {**din, "prior": "cloud_prior"},
+            "features": {"keep": ["user_id", "item_id", "device_history", "session_history", "session_clicks",
+                                  "cloud_prior"]},
+            "rows": {"keep": {"part": [1]}, "splits": ["train"]},
+            "join": {"cloud_prior": {"from": "cloud"},
+                     "refresh_prior": {"from": "cloud", "feed": {"cloud_history": "device_history"}}},
+            "evaluation": {"splits": ["valid"], "group_by": "step_id"},
+            "stages": [{"name": "cloud", "model": "din", "params": din,
+                        "features": {"keep": ["user_id", "item_id", "cloud_history"]},
+                        "rows": {"keep": {"part": [0]}, "splits": ["train"]}}], **extra}
+
+
+def test_pipeline_cloud_then_on_device_residual_on_joined_predictions(ml_sessions, tmp_path, monkeypatch):
+    """The cloud model trains on part 0 without the in-session clicks; its predictions (as trained, and refreshed
+    with the device's history) are joined as columns; the on-device model learns a residual on them on part 1."""
+    from training.runs import load_run
+    from training.trainer import train
+
+    monkeypatch.setenv("TFREC_ZOO_DATA", str(tmp_path / "data"))       # where subsets and joins are written
+    extra = open_dataset(ml_sessions).manifest["extra"]
+    assert extra["gap_s"] == 1800 and extra["steps"] == sum(extra["steps_per_part"].values())
+    run = tmp_path / "run"
+    result = train(parse_experiment(_pipeline(ml_sessions), "pipe.yaml"), run, verbose=0, log=lambda *_: None)
+    _, cloud_data, cloud = load_run(run / "cloud", log=lambda *_: None)
+    assert set(cloud.input_names) == {"user_id", "item_id", "cloud_hist_item_id", "cloud_history_len"}
+    counts = cloud_data.manifest["extra"]["rows"]["counts"]
+    assert counts["train"]["kept"] == 25 * extra["steps_per_part"]["0"]           # part 0 only
+    assert counts["valid"]["kept"] == counts["valid"]["rows"]                    # valid whole
+    _, data, device = load_run(run, log=lambda *_: None)
+    assert "cloud_prior" in device.input_names and "cloud_hist_item_id" not in device.input_names
+    assert data.manifest["extra"]["rows"]["counts"]["train"]["kept"] == 25 * extra["steps_per_part"]["1"]
+    # the joined columns are the cloud model's scores: with its own history, and with the device's fed in
+    batch = next(iter(data.dataset("valid", 64, features=list(dict.fromkeys([
+        *cloud.input_names, *device.input_names, "device_hist_item_id", "device_history_len", "refresh_prior"])))))[0]
+    own = cloud.predict_on_batch({k: batch[k] for k in cloud.input_names})["click"]
+    fed = cloud.predict_on_batch({**{k: batch[k] for k in ("user_id", "item_id")},
+                                  "cloud_hist_item_id": batch["device_hist_item_id"],
+                                  "cloud_history_len": batch["device_history_len"]})["click"]
+    np.testing.assert_allclose(batch["cloud_prior"].numpy(), own, atol=1e-6)
+    np.testing.assert_allclose(batch["refresh_prior"].numpy(), fed, atol=1e-6)
+    assert np.abs(own - fed).max() > 1e-4                     # the in-session clicks change the cloud's score
+    # the residual: with its own logit zeroed, the on-device model returns the (squashed) cloud prior
+    layer = device.get_layer("click_logit")
+    layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
+    prior = batch["cloud_prior"].numpy() * (1 - 1e-3) + 1e-4
+    np.testing.assert_allclose(device.predict_on_batch({k: batch[k] for k in device.input_names})["click"], prior,
+                               rtol=1e-5)
+    valid = result.metrics["valid"]["overall"]["click"]
+    assert valid["gauc_groups"] + valid["gauc_groups_skipped"] == extra["steps_per_part"]["3"]   # one per list
+    # started again: every stage and the join are reused, nothing trains
+    again = train(parse_experiment(_pipeline(ml_sessions), "pipe.yaml"), run, verbose=0, log=lambda *_: None)
+    assert again.finished_before
+    assert len(list((tmp_path / "data" / "joined").iterdir())) == 1
+
+
+def test_pipeline_mistakes_are_one_line_naming_the_key(ml_sessions, tmp_path, monkeypatch):
+    from training.trainer import train
+
+    monkeypatch.setenv("TFREC_ZOO_DATA", str(tmp_path / "data"))
+    with pytest.raises(ExperimentError, match=r"pipe.yaml: join.cloud_prior.from: 'cloudy' is not an earlier stage "
+                                              r"\(earlier: cloud\)"):
+        parse_experiment(_pipeline(ml_sessions, join={"cloud_prior": {"from": "cloudy"}}), "pipe.yaml")
+    with pytest.raises(ExperimentError, match=r"stages\[0\].join.cloud_prior.from: 'later' is not an earlier stage "
+                                              r"\(no stage before it\)"):
+        parse_experiment(_pipeline(ml_sessions, stages=[{"name": "cloud", "model": "din",
+                                                         "join": {"cloud_prior": {"from": "later"}}}]), "pipe.yaml")
+    # the model reads a joined column nobody joins
+    exp = parse_experiment({**_pipeline(ml_sessions), "stages": None, "join": None, "rows": None}, "pipe.yaml")
+    with pytest.raises(ValueError, match="pipe.yaml: features: 'cloud_prior' is not an input feature"):
+        train(exp, tmp_path / "r1", verbose=0, log=lambda *_: None)
+    exp = parse_experiment({**_pipeline(ml_sessions), "stages": None, "join": None, "rows": None,
+                            "features": None}, "pipe.yaml")
+    with pytest.raises(ValueError, match="prior: 'cloud_prior' is joined from an earlier stage's predictions: add "
+                                         "`join: {cloud_prior: {from: STAGE}}`"):
+        train(exp, tmp_path / "r2", verbose=0, log=lambda *_: None)
+    # a typo in a feature name fails before anything trains
+    bad = _pipeline(ml_sessions)
+    bad["stages"][0]["features"] = {"keep": ["item_id", "cloud_hist"]}
+    with pytest.raises(ValueError, match="stages.cloud: features: 'cloud_hist' is not an input feature"):
+        train(parse_experiment(bad, "pipe.yaml"), tmp_path / "r3", verbose=0, log=lambda *_: None)
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()

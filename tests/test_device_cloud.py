@@ -62,6 +62,7 @@ def test_a_step_holds_the_next_logged_items_and_unseen_negatives_with_both_histo
         assert pos == seq[s:s + 3]
         neg = lst["item_id"].tolist()[3:]
         assert len(set(neg)) == 4 and not set(neg) & set(seq)      # never an item the user interacts with
+
         clicks = int(lst["session_clicks"].iat[0])
         assert clicks >= FIRST_STEP and (clicks - FIRST_STEP) % 3 == 0
         device = lst["device_hist_item_id"].iat[0]
@@ -75,6 +76,34 @@ def test_a_step_holds_the_next_logged_items_and_unseen_negatives_with_both_histo
     assert set(splits["train"]["part"]) == {0, 1, 2}
 
 
+def test_negatives_come_from_the_interactions_just_before_the_step():
+    log = _log(n_users=6, per_user=40)
+    log["timestamp"] = log.groupby("user_id").cumcount() * 100.0 + log["user_id"] * 7.0   # users interleaved
+    rows, facts = replay_rows(log, positives=3, negatives=4, window=30)
+    assert "the last 30 interactions" in facts["list"]["sampler"]
+    times = np.sort(log["timestamp"].to_numpy())
+    checked = 0
+    for _, lst in rows.groupby("step_id"):
+        t = lst["timestamp"].iat[0]
+        before = log[log["timestamp"] < t].sort_values("timestamp", kind="stable")
+        if len(before) < 30:
+            continue                                          # the log's first 30: drawn from those
+        window = set(before["item_id"].iloc[-30:])
+        assert set(lst.loc[lst["click"] == 0, "item_id"]) <= window
+        checked += 1
+    assert checked > 10 and len(times) == 240
+
+
+def test_a_category_travels_with_every_candidate_and_history_step():
+    log = _log(n_users=2)
+    log["category_id"] = log["item_id"] % 7
+    rows, _ = replay_rows(log, positives=3, negatives=4)
+    assert (rows["category_id"] == rows["item_id"] % 7).all()
+    for items, cats in (("device_hist_item_id", "device_hist_category_id"), ("session_item_id", "session_category_id"),
+                        ("cloud_hist_item_id", "cloud_hist_category_id")):
+        assert all([i % 7 for i in h] == c for h, c in zip(rows[items], rows[cats]))
+
+
 def test_too_short_sessions_say_so():
     log = _log(n_users=1, per_user=4)
     with pytest.raises(ValueError, match="no session has 7 interactions or more"):
@@ -83,12 +112,15 @@ def test_too_short_sessions_say_so():
 
 def test_a_feature_subset_keeps_labels_and_side_attributes_and_names_mistakes():
     spec = load_spec(SPEC)
-    cloud = spec.select(keep=["item_id", "cloud_history"], where="cloud.yaml: features")
-    assert [f.name for f in cloud.inputs] == ["item_id", "cloud_history"]
-    assert [f.name for f in cloud.side_features("item_id")] == ["genres"]       # follows its id
+    cloud = spec.select(keep=["item_id", "genres", "cloud_history"], where="cloud.yaml: features")
+    assert [f.name for f in cloud.inputs] == ["item_id", "genres", "cloud_history"]
     assert [lab.task for lab in cloud.labels] == ["click"]
+    # a side attribute follows its id (lbsn-gowalla-ctx: the POI's users), in or out
+    ctx = load_spec(feature_specs_dir() / "lbsn-gowalla-ctx.yaml")
+    assert [f.name for f in ctx.select(keep=["poi_id", "hour"]).side_features("poi_id")] == ["poi_users"]
+    assert not ctx.select(drop=["poi_id", "history", "eval_negatives"]).side_features()
     device = spec.select(drop=["cloud_history", "step_id", "part"])
-    assert [f.name for f in device.inputs] == ["user_id", "item_id", "session_clicks", "device_history",
+    assert [f.name for f in device.inputs] == ["user_id", "item_id", "genres", "session_clicks", "device_history",
                                                "session_history"]
     assert "device_history" in [f.name for f in device.inputs] and "cloud_history" not in device._by_name
     with pytest.raises(FeatureSpecError, match=r"cloud.yaml: features: 'device_histroy' is not an input feature.*"
@@ -161,14 +193,14 @@ def _pipeline(data: Path, **extra) -> dict:
     din = {"dnn_units": [16], "attention_units": [8]}
     return {"name": "pipe", "dataset": str(data), "model": "din", "epochs": 1, "batch_size": 256,
             "params": {**din, "prior": "cloud_prior"},
-            "features": {"keep": ["user_id", "item_id", "device_history", "session_history", "session_clicks",
-                                  "cloud_prior"]},
+            "features": {"keep": ["user_id", "item_id", "genres", "device_history", "session_history",
+                                  "session_clicks", "cloud_prior"]},
             "rows": {"keep": {"part": [1]}, "splits": ["train"]},
             "join": {"cloud_prior": {"from": "cloud"},
                      "refresh_prior": {"from": "cloud", "feed": {"cloud_history": "device_history"}}},
             "evaluation": {"splits": ["valid"], "group_by": "step_id"},
             "stages": [{"name": "cloud", "model": "din", "params": din,
-                        "features": {"keep": ["user_id", "item_id", "cloud_history"]},
+                        "features": {"keep": ["user_id", "item_id", "genres", "cloud_history"]},
                         "rows": {"keep": {"part": [0]}, "splits": ["train"]}}], **extra}
 
 
@@ -184,7 +216,8 @@ def test_pipeline_cloud_then_on_device_residual_on_joined_predictions(ml_session
     run = tmp_path / "run"
     result = train(parse_experiment(_pipeline(ml_sessions), "pipe.yaml"), run, verbose=0, log=lambda *_: None)
     _, cloud_data, cloud = load_run(run / "cloud", log=lambda *_: None)
-    assert set(cloud.input_names) == {"user_id", "item_id", "cloud_hist_item_id", "cloud_history_len"}
+    assert set(cloud.input_names) == {"user_id", "item_id", "genres", "genres_len", "cloud_hist_item_id",
+                                      "cloud_history_len"}
     counts = cloud_data.manifest["extra"]["rows"]["counts"]
     assert counts["train"]["kept"] == 25 * extra["steps_per_part"]["0"]           # part 0 only
     assert counts["valid"]["kept"] == counts["valid"]["rows"]                    # valid whole
@@ -195,12 +228,21 @@ def test_pipeline_cloud_then_on_device_residual_on_joined_predictions(ml_session
     batch = next(iter(data.dataset("valid", 64, features=list(dict.fromkeys([
         *cloud.input_names, *device.input_names, "device_hist_item_id", "device_history_len", "refresh_prior"])))))[0]
     own = cloud.predict_on_batch({k: batch[k] for k in cloud.input_names})["click"]
-    fed = cloud.predict_on_batch({**{k: batch[k] for k in ("user_id", "item_id")},
+    fed = cloud.predict_on_batch({**{k: batch[k] for k in ("user_id", "item_id", "genres", "genres_len")},
                                   "cloud_hist_item_id": batch["device_hist_item_id"],
                                   "cloud_history_len": batch["device_history_len"]})["click"]
     np.testing.assert_allclose(batch["cloud_prior"].numpy(), own, atol=1e-6)
     np.testing.assert_allclose(batch["refresh_prior"].numpy(), fed, atol=1e-6)
     assert np.abs(own - fed).max() > 1e-4                     # the in-session clicks change the cloud's score
+    # `tfrec-zoo predict --feed` scores the same refresh by hand (on the cloud run's own data: part 0 of train)
+    from training.cli import main
+
+    out = tmp_path / "refresh.csv"
+    assert main(["predict", str(run / "cloud"), "--split", "valid", "--out", str(out), "--data", str(data.path),
+                 "--feed", "cloud_history=device_history"]) == 0
+    np.testing.assert_allclose(pd.read_csv(out)["click"].to_numpy()[:64], batch["refresh_prior"].numpy(), atol=1e-6)
+    assert main(["predict", str(run / "cloud"), "--split", "valid", "--out", str(out),
+                 "--feed", "cloud_history=session_clicks"]) == 2
     # the residual: with its own logit zeroed, the on-device model returns the (squashed) cloud prior
     layer = device.get_layer("click_logit")
     layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
@@ -226,6 +268,12 @@ def test_pipeline_mistakes_are_one_line_naming_the_key(ml_sessions, tmp_path, mo
                                               r"\(no stage before it\)"):
         parse_experiment(_pipeline(ml_sessions, stages=[{"name": "cloud", "model": "din",
                                                          "join": {"cloud_prior": {"from": "later"}}}]), "pipe.yaml")
+    # a join of a column the spec does not declare fails before the cloud stage trains
+    bad = _pipeline(ml_sessions, join={"clicked_prior": {"from": "cloud"}})
+    with pytest.raises(ValueError, match=r"pipe.yaml: join.clicked_prior: not a `joined: true` column .*\(those: "
+                                         r"cloud_prior, refresh_prior\)"):
+        train(parse_experiment(bad, "pipe.yaml"), tmp_path / "r0", verbose=0, log=lambda *_: None)
+    assert not (tmp_path / "r0" / "cloud").exists()
     # the model reads a joined column nobody joins
     exp = parse_experiment({**_pipeline(ml_sessions), "stages": None, "join": None, "rows": None}, "pipe.yaml")
     with pytest.raises(ValueError, match="pipe.yaml: features: 'cloud_prior' is not an input feature"):

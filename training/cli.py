@@ -8,7 +8,8 @@
     tfrec-zoo data check DIR                scan a dataset and list every problem
     tfrec-zoo train EXP.yaml [--set k=v]    train a zoo model (a run directory under runs/)
     tfrec-zoo evaluate RUN_DIR              re-evaluate a finished run
-    tfrec-zoo predict RUN_DIR --split S --out F.parquet [--data DIR]   batch predictions with the examples' keys
+    tfrec-zoo predict RUN_DIR --split S --out F.parquet [--data DIR] [--feed SEQ=OTHER]
+                                                          batch predictions with the examples' keys
     tfrec-zoo tune EXP.yaml [--max-trials N] Keras Tuner search over the experiment's `tune:` block
     tfrec-zoo export RUN_DIR --name NAME    TF Serving SavedModel into saved_models/NAME/<version>/
     tfrec-zoo serve [--model-base-dir saved_models] [--grpc-port 8500] [--rest-port 8501]   TF Serving APIs
@@ -239,7 +240,13 @@ def _cmd_evaluate(args) -> int:
 def _cmd_predict(args) -> int:
     from training.predict import predict_run
 
-    predict_run(args.run_dir, args.split, args.out, data_dir=args.data, batch_size=args.batch_size)
+    feed = {}
+    for item in args.feed or []:
+        mine, sep, theirs = item.partition("=")
+        if not sep or not mine or not theirs:
+            raise ValueError(f"--feed {item}: expected MODEL_SEQUENCE=DATA_SEQUENCE, e.g. cloud_history=device_history")
+        feed[mine] = theirs
+    predict_run(args.run_dir, args.split, args.out, data_dir=args.data, batch_size=args.batch_size, feed=feed)
     return 0
 
 
@@ -366,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="a .parquet or .csv file")
     pr.add_argument("--data", help="another dataset directory with the model's features (default: the run's)")
     pr.add_argument("--batch-size", type=int, default=4096)
+    pr.add_argument("--feed", action="append", metavar="SEQ=OTHER",
+                    help="score with the data's sequence OTHER in place of the model's SEQ (same fields and length), "
+                         "e.g. cloud_history=device_history: a cloud refresh; repeatable")
     pr.set_defaults(fn=_cmd_predict)
 
     tu = sub.add_parser("tune", help="Keras Tuner search (random, bayesian, hyperband) over `tune:`")

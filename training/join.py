@@ -92,6 +92,16 @@ def _model_identity(run: Path) -> str:
     return h.hexdigest()
 
 
+def check_joinable(spec, join: dict, where: str) -> None:
+    """Every `join` column is a `joined: true` column of `spec` (checked before a pipeline trains anything)."""
+    joinable = [f.name for f in spec.features if f.is_joined]
+    for col in join:
+        if col not in joinable:
+            raise ValueError(f"{where}.{col}: not a `joined: true` column of {spec.source} (those: "
+                             f"{', '.join(joinable) or 'none'}); declare it in the spec as a dense feature with "
+                             "`joined: true, normalization: none`")
+
+
 def joined_dir(parent: DatasetDir, join: dict, out_root: Path) -> Path:
     key = {"parent": hashlib.sha256((parent.path / "manifest.json").read_bytes()).hexdigest(),
            "join": {col: {**cfg, "model": _model_identity(Path(cfg["from"]))} for col, cfg in sorted(join.items())}}
@@ -105,12 +115,8 @@ def join_predictions(parent: DatasetDir, join: dict, out_root: str | Path, *, wh
     from .predict import predictions
     from .runs import load_run
 
-    joinable = [f.name for f in parent.spec.features if f.is_joined]
+    check_joinable(parent.spec, join, where)
     for col, cfg in join.items():
-        if col not in joinable:
-            raise ValueError(f"{where}.{col}: not a `joined: true` column of {parent.spec.source} (those: "
-                             f"{', '.join(joinable) or 'none'}); declare it in the spec as a dense feature with "
-                             "`joined: true, normalization: none`")
         if not (Path(cfg["from"]) / "model").exists():
             raise FileNotFoundError(f"{where}.{col}.from: {cfg['from']} holds no trained model (its stage has not "
                                     "finished?)")

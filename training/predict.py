@@ -64,15 +64,18 @@ def predictions(model, data: DatasetDir, split: str, batch_size: int = 4096, fee
 
 
 def predict_run(run_dir: str | Path, split: str, out: str | Path, *, data_dir: str | Path | None = None,
-                batch_size: int = 4096, log=print) -> Path:
+                batch_size: int = 4096, feed: dict[str, str] | None = None, log=print) -> Path:
     """Write the run's predictions on `split` (of `data_dir`, default the run's dataset) to `out` (.parquet or
-    .csv)."""
+    .csv); `feed` ({model's sequence: the data's sequence}) scores with another history in place of the model's."""
     exp, data, model = load_run(run_dir, log)
     if data_dir is not None:
         data = open_dataset(data_dir)
     if split not in data.manifest["splits"]:
         raise ValueError(f"{data.path}: no split {split!r}; splits: {', '.join(data.manifest['splits'])}")
-    frame = predictions(model, data, split, batch_size)
+    from .join import feed_names
+
+    names = feed_names(model.spec, data.spec, feed or {}, "--feed") if feed else None
+    frame = predictions(model, data, split, batch_size, feed=names)
     out = Path(out)
     if out.suffix not in (".parquet", ".csv"):
         raise ValueError(f"--out {out}: write .parquet or .csv")

@@ -185,6 +185,13 @@ def _run_stages(exp: Experiment, run_dir: Path, strategy, verbose: int, log) -> 
     from .experiment import as_stages, stage_experiment
 
     stages, restore = as_stages(exp)
+    # a join names columns of its dataset's spec: checked before the first stage trains, not after
+    from .join import check_joinable
+
+    for where, dataset, join in [*((f"{exp.source}: stages.{st['name']}.join", st.get("dataset", exp.dataset),
+                                    st.get("join")) for st in stages), (f"{exp.source}: join", exp.dataset, exp.join)]:
+        if join:
+            check_joinable(resolve_dataset(dataset, log).spec, join, where)
     for stage in stages:
         stage_dir = run_dir / stage["name"]
         if not is_finished(stage_dir):

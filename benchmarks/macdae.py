@@ -191,7 +191,8 @@ def _means(runs: list[dict], key: str, metrics) -> dict | None:
 
 def analysis_text(dataset: str, a: dict, image: str | None) -> list[str]:
     k = len(a["mean"])
-    lines = [f"Head attention of the Wide&Deep + MACDAE run (seed 0), {a['rows']:,} test check-ins: mean "
+    rows = "test check-ins" if DATASETS[dataset]["protocol"] == "sampled" else "test rows"
+    lines = [f"Head attention of the Wide&Deep + MACDAE run (seed 0), {a['rows']:,} {rows}: mean "
              + ", ".join(f"head {i + 1} {m:.3f}" for i, m in enumerate(a["mean"])) + "."]
     for c in ("hour", "weekday"):
         if c in a:

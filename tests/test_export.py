@@ -128,12 +128,22 @@ def test_rank_parsing_equals_parsing_the_merged_examples(runs):
 
 
 def test_versions_increment_keep_the_newest_and_a_failed_export_leaves_nothing(runs):
+    from training.runs import load_run
+
     root, run_dirs = runs
     base = root / "sm_versions"
-    for _ in range(2):
-        export_run(run_dirs["mmoe"], "m", base, keep=1, parity_rows=16, warmup=0, log=lambda *_: None)
+    _, data, model = load_run(run_dirs["mmoe"], log=lambda *_: None)
+    for _ in range(2):                     # (export_run's fresh-process parity is the `exported` fixture's test)
+        export_model(model, data.spec, base, "m", keep=1)
     assert versions(base / "m") == [2]                               # numbered on, the oldest pruned
-    assert not (base / "m" / "2" / "assets.extra").exists()       # warmup=0 writes none
+    assert not (base / "m" / "2" / "assets.extra").exists()       # no warmup examples: none written
+
+    def refuse(path):
+        raise RuntimeError("parity failed")
+
+    with pytest.raises(RuntimeError, match="parity failed"):        # a check that fails publishes nothing
+        export_model(model, data.spec, base, "m", keep=1, check=refuse)
+    assert versions(base / "m") == [2]
     with pytest.raises(ValueError, match="model name 'bad name'"):
         export_model(None, None, base, "bad name")
     with pytest.raises(FileExistsError, match="versions are immutable"):

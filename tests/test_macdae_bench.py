@@ -62,5 +62,6 @@ def test_table_shows_mean_range_and_the_relative_gain_beside_the_anchor():
     assert "NDCG@5 +9.8%" in text and "(the author's Yelp README: +14.5% / +11.6%)" in text
     analysis = {"rows": 10, "mean": [0.5, 0.5], "hour": {"levels": [0, 1], "counts": [4, 6],
                                                         "means": [[0.5, 0.5], [0.5, 0.5]], "eta2": [0.001, 0.0]}}
-    said = "\n".join(mb.analysis_text("x", analysis, None))
+    said = "\n".join(mb.analysis_text("lbsn-gowalla-ctx", analysis, None))
     assert "the heads hardly separate by hour" in said and "| 1 | 6 | 0.500 | 0.500 |" in said
+    assert "10 test check-ins" in said and "10 test rows" in "\n".join(mb.analysis_text("frappe", analysis, None))

@@ -7,7 +7,7 @@ the data holds (`keys.user`, `keys.item`, `keys.time`, `keys.query`), then one c
 the task (`like`; multiclass tasks hold the class probabilities as a list). `--data` scores another dataset
 directory written with a spec that has the model's inputs (e.g. next week's data); by default the run's own.
 The file is written beside its destination and renamed at the end, so a killed run never leaves half a file.
-Predictions join later stages' data by `row` or by the keys (`stages:` with `join_predictions`).
+An experiment's `join:` (training/join.py) adds these predictions to a later stage's data as a column.
 """
 from __future__ import annotations
 

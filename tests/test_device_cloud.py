@@ -51,7 +51,7 @@ def _log(n_users: int = 6, per_user: int = 40, n_items: int = 300, seed: int = 0
 def test_a_step_holds_the_next_logged_items_and_unseen_negatives_with_both_histories():
     log = _log()
     rows, facts = replay_rows(log, positives=3, negatives=4, seed=1)
-    assert facts["sessions"] == 6 * 4 and facts["list"]["negatives_short"] == 0
+    assert facts["sessions"] == 6 * 4
     by_user = {u: g.sort_values("timestamp")["item_id"].tolist() for u, g in log.groupby("user_id")}
     for step_id, lst in rows.groupby("step_id"):
         u = int(lst["user_id"].iat[0])
@@ -104,10 +104,13 @@ def test_a_category_travels_with_every_candidate_and_history_step():
         assert all([i % 7 for i in h] == c for h, c in zip(rows[items], rows[cats]))
 
 
-def test_too_short_sessions_say_so():
+def test_too_short_sessions_or_too_few_other_users_say_so():
     log = _log(n_users=1, per_user=4)
     with pytest.raises(ValueError, match="no session has 7 interactions or more"):
         replay_rows(log, positives=5)
+    # one user alone: every recent interaction is the user's own, so no list can have its negatives
+    with pytest.raises(ValueError, match="user 0, step 0: only 0 of 4 negatives .* build with more users"):
+        replay_rows(_log(n_users=1), positives=3, negatives=4)
 
 
 def test_a_feature_subset_keeps_labels_and_side_attributes_and_names_mistakes():

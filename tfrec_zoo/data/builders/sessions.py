@@ -110,12 +110,14 @@ def replay_rows(log: pd.DataFrame, *, gap: float = GAP_S, positives: int = LIST_
     out: dict[str, list] = {k: [] for k in ("user_id", "item_id", "step_id", "part", "session_clicks", "click",
                                             "cloud_hist_item_id", "device_hist_item_id", "session_item_id",
                                             "timestamp")}
-    short_pool = 0
     for step_id, (sess, row) in enumerate(zip(sess_of, at)):
         u = users[row]
         pos = items[row:row + positives].tolist()
         neg = draws.take(float(log["timestamp"].iat[row]), negatives, exclude=seen[u])
-        short_pool += negatives - len(neg)
+        if len(neg) < negatives:
+            raise ValueError(f"user {u}, step {step_id}: only {len(neg)} of {negatives} negatives among the last "
+                             f"{window} interactions before it that are not the user's own items: too few other "
+                             "users' interactions to draw from; build with more users (drop --max-users)")
         cand = pos + neg
         k = len(cand)
         cloud, device = history(s_start[sess], row), history(row, row)
@@ -139,8 +141,7 @@ def replay_rows(log: pd.DataFrame, *, gap: float = GAP_S, positives: int = LIST_
             rows[dst] = [[cat[i] for i in h] for h in rows[src]]
     facts = {"gap_s": gap, "sessions": int(len(s_start)), "steps": int(len(steps)),
              "list": {"positives": positives, "negatives": negatives, "sampler": f"the last {window} interactions "
-                      "of anyone before the step (by frequency there), less the user's own items",
-                      "negatives_short": int(short_pool)},
+                      "of anyone before the step (by frequency there), less the user's own items"},
              "steps_per_part": {str(p): int((part == p).sum()) for p in range(5)},
              "first_step": FIRST_STEP, "max_steps_per_session": MAX_STEPS, "seed": seed}
     return rows, facts

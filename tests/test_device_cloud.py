@@ -30,10 +30,11 @@ def test_sessions_cut_at_a_new_user_or_a_gap_over_the_limit():
         cut_sessions(users, times, 0)
 
 
-def test_steps_go_to_parts_by_their_place_among_the_users_steps():
-    # 10 steps of user 7: q = 0.05 .. 0.95 -> parts 0 0 0 0 1 1 2 2 3 4; one step of user 8 (q = 0.5) -> part 1
-    parts = step_parts(np.array([7] * 10 + [8]))
-    np.testing.assert_array_equal(parts, [0, 0, 0, 0, 1, 1, 2, 2, 3, 4, 1])
+def test_steps_go_to_parts_by_their_place_in_time_among_all_steps():
+    # 10 steps at times 9, 8, ..., 0: q by time = 0.95 .. 0.05 -> parts 4 3 2 2 1 1 0 0 0 0
+    parts = step_parts(np.arange(10, dtype=float)[::-1])
+    np.testing.assert_array_equal(parts, [4, 3, 2, 2, 1, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(step_parts(np.zeros(5)), [0, 0, 1, 2, 4])     # ties: by step order
 
 
 def _log(n_users: int = 6, per_user: int = 40, n_items: int = 300, seed: int = 0) -> pd.DataFrame:

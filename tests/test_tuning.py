@@ -91,9 +91,9 @@ def test_space_becomes_keras_tuner_hyperparameters():
 
 def test_random_search_writes_trials_and_a_loadable_best_experiment(ml_small, tmp_path):
     out = tmp_path / "search"
-    result = tune(tuned(ml_small), out, max_trials=3, log=lambda *_: None)
+    result = tune(tuned(ml_small), out, max_trials=2, log=lambda *_: None)
     report = json.loads((out / "trials.json").read_text())
-    assert [t["status"] for t in report["trials"]] == ["COMPLETED"] * 3 and report["best"] == result.best["trial_id"]
+    assert [t["status"] for t in report["trials"]] == ["COMPLETED"] * 2 and report["best"] == result.best["trial_id"]
     assert "| val_like_auc |" in (out / "trials.md").read_text()
     best = load_experiment(out / "best.yaml")
     lr, units, batch = best.optimizer["learning_rate"], best.params["dnn_units"], best.batch_size
@@ -108,10 +108,10 @@ def test_random_search_writes_trials_and_a_loadable_best_experiment(ml_small, tm
     trial = result.tuner.oracle.get_best_trials(1)[0]
     assert result.tuner.load_model(trial).count_params() == model.count_params()
     # the same directory resumes (nothing left to run); another experiment there is refused
-    again = tune(tuned(ml_small), out, max_trials=3, log=lambda *_: None)
-    assert len(again.trials) == 3 and again.best["trial_id"] == result.best["trial_id"]
+    again = tune(tuned(ml_small), out, max_trials=2, log=lambda *_: None)
+    assert len(again.trials) == 2 and again.best["trial_id"] == result.best["trial_id"]
     with pytest.raises(ValueError, match="another experiment"):
-        tune(tuned(ml_small, None, "seed=1"), out, max_trials=3, log=lambda *_: None)
+        tune(tuned(ml_small, None, "seed=1"), out, max_trials=2, log=lambda *_: None)
 
 
 def test_hyperband_runs_with_epochs_from_the_schedule(ml_small, tmp_path):
@@ -131,8 +131,9 @@ def test_bayesian_runs_or_says_what_it_needs(ml_small, tmp_path):
         with pytest.raises(ExperimentError, match="exp.yaml: tune.algorithm: bayesian needs scipy and scikit-learn"):
             tune(tuned(ml_small, block), tmp_path / "bo", max_trials=2, log=lambda *_: None)
         return
-    result = tune(tuned(ml_small, block), tmp_path / "bo", max_trials=2, log=lambda *_: None)
-    assert [t["status"] for t in result.trials] == ["COMPLETED"] * 2
+    # one trial: the search runs end to end (its proposals past the random start are keras-tuner's business)
+    result = tune(tuned(ml_small, block), tmp_path / "bo", max_trials=1, log=lambda *_: None)
+    assert [t["status"] for t in result.trials] == ["COMPLETED"]
 
 
 def test_an_objective_fit_does_not_report_stops_the_search_before_any_trial(ml_small, tmp_path):

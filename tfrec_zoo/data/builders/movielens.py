@@ -23,6 +23,7 @@ from ...paths import seeds_data_dir
 from ..interactions import assign_splits, attach_histories, chronological, split_frames
 from . import Built, register
 from ._activeness import activeness_table, with_activeness
+from ._csv import read_checked_csv
 
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
 
@@ -32,7 +33,8 @@ def read_movielens(raw: Path, max_users: int | None = None) -> tuple[pd.DataFram
     missing = [f for f in ("ratings.csv", "movies.csv", "tags.csv") if not (raw / f).exists()]
     if missing:
         raise FileNotFoundError(f"{raw}: missing {', '.join(missing)}; expected the MovieLens latest-small files")
-    ratings = pd.read_csv(raw / "ratings.csv")
+    ratings = read_checked_csv(raw / "ratings.csv", {"userId": "int", "movieId": "int", "rating": "float",
+                                                       "timestamp": "int"})
     movies = pd.read_csv(raw / "movies.csv")
     tags = pd.read_csv(raw / "tags.csv")
     if max_users is not None:

@@ -28,6 +28,7 @@ import pandas as pd
 from ...features.spec import FeatureSpec
 from ...paths import shared_datasets_dir
 from . import Built, register
+from ._csv import read_checked_csv
 
 FOLDER = "multidomain_samples_scenariowise"
 SEED = 2024
@@ -35,37 +36,8 @@ VALID_FRAC, TEST_FRAC = 0.1, 0.1
 
 
 def _read_csv(path: Path, kinds: dict[str, str]) -> pd.DataFrame:
-    """The CSV at `path` with `kinds` {column: "int" | "binary" | "text" | "text?"} checked; any bad value raises
-    one ValueError naming the file, its line (the header is line 1) and the column. "text?" may be empty."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing. Fix: point `--raw` (or TFREC_ZOO_SHARED_DATASETS/{FOLDER}) at the "
-                                "folder holding the Scenario-Wise-Rec samples' douban/ and mind/")
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a readable CSV ({str(e).strip().splitlines()[0]})") from None
-    missing = [c for c in kinds if c not in raw.columns]
-    if missing:
-        raise ValueError(f"{path}: columns {missing} are missing (the file has {list(raw.columns)})")
-    if raw.empty:
-        raise ValueError(f"{path}: no rows")
-    out = {}
-    for col, kind in kinds.items():
-        values = raw[col].str.strip()
-        if kind in ("int", "binary"):
-            num = pd.to_numeric(values, errors="coerce")
-            bad = num.isna() | (num != num.round())
-            if kind == "binary":
-                bad |= ~num.isin([0, 1])
-            out[col] = num.where(~bad, 0).astype(np.int64)
-        else:
-            bad = (values == "") if kind == "text" else pd.Series(False, index=values.index)
-            out[col] = values.where(values != "", None)
-        if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            want = {"int": "a whole number", "binary": "0 or 1", "text": "a non-empty value"}[kind]
-            raise ValueError(f"{path}:{i + 2}: column {col!r} is {raw[col].iloc[i]!r}, expected {want}")
-    return pd.DataFrame(out)
+    return read_checked_csv(path, kinds, missing_fix=f"point `--raw` (or TFREC_ZOO_SHARED_DATASETS/{FOLDER}) at the "
+                            "folder holding the Scenario-Wise-Rec samples' douban/ and mind/")
 
 
 def random_split(df: pd.DataFrame, seed: int = SEED) -> dict[str, pd.DataFrame]:

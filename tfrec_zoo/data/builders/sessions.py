@@ -41,6 +41,7 @@ import pandas as pd
 from ...features.spec import FeatureSpec
 from ...paths import seeds_data_dir, shared_datasets_dir
 from . import Built, register
+from ._csv import read_checked_csv
 from ._sampling import rng_for
 from .movielens import movie_table, read_movielens
 
@@ -200,9 +201,10 @@ def build_taobao_sessions(spec: FeatureSpec, raw_dir: Path | None, *, max_users:
                           gap: float = GAP_S) -> Built:
     raw = raw_dir or shared_datasets_dir() / "taobao_userbehavior_head"
     path = raw / "UserBehavior_head.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; expected the Taobao UserBehavior head (see its LOADER.md)")
-    frame = pd.read_csv(path, header=None, names=["user_id", "item_id", "category_id", "behavior", "timestamp"])
+    frame = read_checked_csv(path, {"user_id": "int", "item_id": "int", "category_id": "int", "behavior": "text",
+                                    "timestamp": "int"},
+                             names=["user_id", "item_id", "category_id", "behavior", "timestamp"],
+                             missing_fix="expected the Taobao UserBehavior head (see its LOADER.md)")
     if max_users is not None:
         frame = frame[frame["user_id"].isin(sorted(frame["user_id"].unique())[:max_users])]
     # page views are the clicks; the 9 days (2017-11-25 .. 12-03, UTC+8) hold a few outlier times: dropped

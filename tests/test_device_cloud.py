@@ -293,3 +293,9 @@ def test_pipeline_mistakes_are_one_line_naming_the_key(ml_sessions, tmp_path, mo
     with pytest.raises(ValueError, match="stages.cloud: features: 'cloud_hist' is not an input feature"):
         train(parse_experiment(bad, "pipe.yaml"), tmp_path / "r3", verbose=0, log=lambda *_: None)
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+    # a GAUC grouping column the spec lacks fails before training, not after it
+    exp = parse_experiment({**_pipeline(ml_sessions), "stages": None, "join": None, "rows": None, "params": {},
+                            "features": None, "evaluation": {"splits": ["valid"], "group_by": "step"}}, "pipe.yaml")
+    with pytest.raises(ExperimentError, match="pipe.yaml: evaluation.group_by: 'step' is not a column"):
+        train(exp, tmp_path / "r4", verbose=0, log=lambda *_: None)
+    assert not (tmp_path / "r4").exists()

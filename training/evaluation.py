@@ -195,13 +195,22 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def check_group_by(exp, spec: FeatureSpec) -> str | None:
+    """The column GAUC groups by (`evaluation.group_by`, default the user key), checked to be one of `spec`'s
+    (the trainer calls this before fitting, so a typo does not wait for the end of training)."""
+    from .experiment import ExperimentError
+
+    group_by = (exp.evaluation or {}).get("group_by") or spec.keys.get("user")
+    if group_by and group_by not in {f.name for f in spec.row_features}:
+        raise ExperimentError(exp.source, "evaluation.group_by", f"{group_by!r} is not a column of {spec.source} "
+                              "(GAUC groups rows by it)", f"use one of its id columns, e.g. {spec.keys.get('user')!r}")
+    return group_by
+
+
 @register_protocol("pointwise")
 def _pointwise(exp, model, data) -> tuple[dict, str]:
     ev = exp.evaluation or {}
-    group_by = ev.get("group_by") or data.spec.keys.get("user")
-    if group_by and group_by not in {f.name for f in data.spec.row_features}:
-        raise ValueError(f"{exp.source}: evaluation.group_by: {group_by!r} is not a column of {data.spec.source} "
-                         f"(GAUC groups rows by it); use one of its id columns, e.g. {data.spec.keys.get('user')!r}")
+    group_by = check_group_by(exp, data.spec)
     results = {}
     for split in ev.get("splits", ["valid", "test"]):
         if split in data.manifest["splits"]:

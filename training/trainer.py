@@ -117,6 +117,10 @@ def _train(exp: Experiment, run_dir: Path, data: DatasetDir | None, *, strategy,
         exp = _run_stages(exp, run_dir, strategy, verbose, log)
     if data is None:
         data = experiment_data(exp, log, run_dir)
+    if evaluate and (exp.evaluation or {}).get("group_by"):
+        from .evaluation import check_group_by
+
+        check_group_by(exp, data.spec)
     elif exp.restore and "from" in exp.restore:
         raise ModelBuildError(f"{exp.source}: restore.from: {exp.restore['from']!r} names no stage")
     strategy = strategy or tf.distribute.get_strategy()

@@ -24,8 +24,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/tfrec-zoo demo
 
+# Two pytest-xdist workers (CI has 2 cores; most test time is single-threaded Python and graph tracing), a test file
+# per worker at a time so that a module's fixtures are built once. `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 2
+TEST_DIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(TEST_DIST) tests
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow tests

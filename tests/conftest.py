@@ -5,6 +5,12 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Under pytest-xdist (`make test` runs 2 workers) each worker builds the datasets experiments name into a data
+# directory of its own: two workers building data/ml-latest-small at once would race to publish it.
+if os.environ.get("PYTEST_XDIST_WORKER") and "TFREC_ZOO_DATA" not in os.environ:
+    from tfrec_zoo.paths import ROOT as _ROOT
+
+    os.environ["TFREC_ZOO_DATA"] = str(_ROOT / "data" / f"tests-{os.environ['PYTEST_XDIST_WORKER']}")
 
 from pathlib import Path  # noqa: E402
 

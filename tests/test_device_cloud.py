@@ -2,6 +2,7 @@
 feature subset (`features:`), a stage's own part of train (`rows.splits`) and GAUC per list (`group_by`)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -208,9 +209,36 @@ def _pipeline(data: Path, **extra) -> dict:
                         "rows": {"keep": {"part": [0]}, "splits": ["train"]}}], **extra}
 
 
-def test_pipeline_cloud_then_on_device_residual_on_joined_predictions(ml_sessions, tmp_path, monkeypatch):
+def _uplift_pipeline(data: Path) -> dict:
+    """cloud -> device (the step-1 pipeline's final model as a stage) -> the uplift T-learner on part 2's lists."""
+    device = _pipeline(data)
+    return {"name": "pipe", "dataset": str(data), "model": "dnn", "epochs": 2, "batch_size": 64,
+            "params": {"dnn_units": [16]},
+            "features": {"keep": ["device_history", "session_history", "session_clicks"]},
+            "join": {**device["join"], "device_score": {"from": "device"}},
+            "rows": {"keep": {"part": [2]}, "splits": ["train"]},
+            "replay": {"scores": {"cloud": "cloud_prior", "device": "device_score", "refresh": "refresh_prior"},
+                       "keep": ["device_history", "session_history", "session_clicks"], "k": 5, "seed": 1},
+            "evaluation": {"splits": ["valid"], "uplift": {"control": "cloud"}},
+            "stages": [*device["stages"],
+                       {"name": "device", "model": "din", "params": device["params"], "features": device["features"],
+                        "rows": device["rows"], "join": {"cloud_prior": {"from": "cloud"}},
+                        "evaluation": device["evaluation"]}]}
+
+
+def _ndcg5(labels: np.ndarray, scores: np.ndarray) -> float:
+    """NDCG@5 of one list, written out plainly (ties against the clicked items)."""
+    order = sorted(range(len(labels)), key=lambda i: (-scores[i], labels[i]))
+    dcg = sum(1 / np.log2(r + 2) for r, i in enumerate(order[:5]) if labels[i] > 0)
+    ideal = sum(1 / np.log2(r + 2) for r in range(min(5, int(labels.sum()))))
+    return dcg / ideal
+
+
+def test_pipeline_cloud_device_and_uplift_t_learner_on_the_replay(ml_sessions, tmp_path, monkeypatch):
     """The cloud model trains on part 0 without the in-session clicks; its predictions (as trained, and refreshed
-    with the device's history) are joined as columns; the on-device model learns a residual on them on part 1."""
+    with the device's history) are joined as columns; the on-device model learns a residual on them on part 1; its
+    own predictions join after (it reads cloud_prior); part 2's lists become one example each with the three
+    mechanisms' NDCG@5 as masked labels, and a shared-encoder T-learner is scored as an uplift model."""
     from training.runs import load_run
     from training.trainer import train
 
@@ -218,51 +246,98 @@ def test_pipeline_cloud_then_on_device_residual_on_joined_predictions(ml_session
     extra = open_dataset(ml_sessions).manifest["extra"]
     assert extra["gap_s"] == 1800 and extra["steps"] == sum(extra["steps_per_part"].values())
     run = tmp_path / "run"
-    result = train(parse_experiment(_pipeline(ml_sessions), "pipe.yaml"), run, verbose=0, log=lambda *_: None)
+    result = train(parse_experiment(_uplift_pipeline(ml_sessions), "pipe.yaml"), run, verbose=0, log=lambda *_: None)
     _, cloud_data, cloud = load_run(run / "cloud", log=lambda *_: None)
     assert set(cloud.input_names) == {"user_id", "item_id", "genres", "genres_len", "cloud_hist_item_id",
                                       "cloud_history_len"}
     counts = cloud_data.manifest["extra"]["rows"]["counts"]
     assert counts["train"]["kept"] == 25 * extra["steps_per_part"]["0"]           # part 0 only
     assert counts["valid"]["kept"] == counts["valid"]["rows"]                    # valid whole
-    _, data, device = load_run(run, log=lambda *_: None)
+    _, data, device = load_run(run / "device", log=lambda *_: None)
     assert "cloud_prior" in device.input_names and "cloud_hist_item_id" not in device.input_names
     assert data.manifest["extra"]["rows"]["counts"]["train"]["kept"] == 25 * extra["steps_per_part"]["1"]
     # the joined columns are the cloud model's scores: with its own history, and with the device's fed in
-    batch = next(iter(data.dataset("valid", 64, features=list(dict.fromkeys([
-        *cloud.input_names, *device.input_names, "device_hist_item_id", "device_history_len", "refresh_prior"])))))[0]
+    joined = [open_dataset(p) for p in (tmp_path / "data" / "joined").iterdir()
+              if "device_score" in {f.name for f in open_dataset(p).spec.row_features}][0]
+    names = list(dict.fromkeys([*cloud.input_names, *device.input_names, "device_hist_item_id", "device_history_len",
+                                "refresh_prior", "device_score", "step_id", "user_id"]))
+    batches = list(joined.dataset("valid", 4096, features=names))
+    cols = {k: np.concatenate([b[0][k].numpy() for b in batches]) for k in names}
+    cols["click"] = np.concatenate([b[1]["click"].numpy() for b in batches])
+    batch = {k: v[:64] for k, v in cols.items()}
     own = cloud.predict_on_batch({k: batch[k] for k in cloud.input_names})["click"]
     fed = cloud.predict_on_batch({**{k: batch[k] for k in ("user_id", "item_id", "genres", "genres_len")},
                                   "cloud_hist_item_id": batch["device_hist_item_id"],
                                   "cloud_history_len": batch["device_history_len"]})["click"]
-    np.testing.assert_allclose(batch["cloud_prior"].numpy(), own, atol=1e-6)
-    np.testing.assert_allclose(batch["refresh_prior"].numpy(), fed, atol=1e-6)
+    np.testing.assert_allclose(batch["cloud_prior"], own, atol=1e-6)
+    np.testing.assert_allclose(batch["refresh_prior"], fed, atol=1e-6)
     assert np.abs(own - fed).max() > 1e-4                     # the in-session clicks change the cloud's score
+    dev = device.predict_on_batch({k: batch[k] for k in device.input_names})["click"]
+    np.testing.assert_allclose(batch["device_score"], dev, atol=1e-6)
     # `tfrec-zoo predict --feed` scores the same refresh by hand (on the cloud run's own data: part 0 of train)
     from training.cli import main
 
     out = tmp_path / "refresh.csv"
     assert main(["predict", str(run / "cloud"), "--split", "valid", "--out", str(out), "--data", str(data.path),
                  "--feed", "cloud_history=device_history"]) == 0
-    np.testing.assert_allclose(pd.read_csv(out)["click"].to_numpy()[:64], batch["refresh_prior"].numpy(), atol=1e-6)
+    np.testing.assert_allclose(pd.read_csv(out)["click"].to_numpy()[:64], batch["refresh_prior"], atol=1e-6)
     assert main(["predict", str(run / "cloud"), "--split", "valid", "--out", str(out),
                  "--feed", "cloud_history=session_clicks"]) == 2
     # the residual: with its own logit zeroed, the on-device model returns the (squashed) cloud prior
     layer = device.get_layer("click_logit")
     layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
-    prior = batch["cloud_prior"].numpy() * (1 - 1e-3) + 1e-4
+    prior = batch["cloud_prior"] * (1 - 1e-3) + 1e-4
     np.testing.assert_allclose(device.predict_on_batch({k: batch[k] for k in device.input_names})["click"], prior,
                                rtol=1e-5)
-    valid = result.metrics["valid"]["overall"]["click"]
-    assert valid["gauc_groups"] + valid["gauc_groups_skipped"] == extra["steps_per_part"]["3"]   # one per list
-    # started again: every stage and the join are reused, nothing trains
-    again = train(parse_experiment(_pipeline(ml_sessions), "pipe.yaml"), run, verbose=0, log=lambda *_: None)
+    dev_valid = json.loads((run / "device" / "metrics.json").read_text())["valid"]["overall"]["click"]
+    assert dev_valid["gauc_groups"] + dev_valid["gauc_groups_skipped"] == extra["steps_per_part"]["3"]
+    # the replay: one example per list, the outcomes recomputed plainly from the joined rows
+    _, steps, tlearner = load_run(run, log=lambda *_: None)
+    assert steps.rows("train") == extra["steps_per_part"]["2"] and steps.rows("valid") == extra["steps_per_part"]["3"]
+    assert set(tlearner.input_names) == {"device_hist_item_id", "device_history_len", "session_item_id",
+                                         "session_history_len", "session_clicks"}      # never which arm served
+    assert [lab.mask for lab in steps.spec.labels] == ["served_cloud", "served_device", "served_refresh"]
+    want = ["served_cloud", "served_device", "served_refresh", "step_id", "device_hist_item_id"]
+    sb = list(steps.dataset("valid", 4096, features=want))
+    got = {k: np.concatenate([b[0][k].numpy() for b in sb]) for k in want}
+    got.update({f"o_{t}": np.concatenate([b[1][t].numpy() for b in sb]) for t in ("cloud", "device", "refresh")})
+    served = np.stack([got["served_cloud"], got["served_device"], got["served_refresh"]], 1)
+    assert (served.sum(1) == 1).all() and (served.mean(0) > 0.2).all()            # one arm each, all three used
+    for i, s in enumerate(got["step_id"]):
+        rows = cols["step_id"] == s
+        for mech, col in (("cloud", "cloud_prior"), ("device", "device_score"), ("refresh", "refresh_prior")):
+            np.testing.assert_allclose(got[f"o_{mech}"][i], _ndcg5(cols["click"][rows], cols[col][rows]), rtol=1e-6)
+        np.testing.assert_array_equal(got["device_hist_item_id"][i], cols["device_hist_item_id"][rows][0])
+    up = result.metrics["valid"]["uplift"]
+    assert set(up) == {"device", "refresh", "policy"}
+    true_device = got["o_device"] - got["o_cloud"]
+    np.testing.assert_allclose(up["device"]["ate_true"], true_device.mean(), rtol=1e-5)
+    assert up["device"]["treated"] == int(got["served_device"].sum()) and np.isfinite(up["device"]["auuc"])
+    np.testing.assert_allclose(up["policy"]["oracle"], np.max([got["o_cloud"], got["o_device"], got["o_refresh"]],
+                                                              0).mean(), rtol=1e-5)
+    assert "| valid | device vs control" in (run / "summary.md").read_text()
+    # started again: every stage, join and the replay are reused, nothing trains
+    again = train(parse_experiment(_uplift_pipeline(ml_sessions), "pipe.yaml"), run, verbose=0, log=lambda *_: None)
     assert again.finished_before
-    assert len(list((tmp_path / "data" / "joined").iterdir())) == 1
+    assert len(list((tmp_path / "data" / "replay").iterdir())) == 1
+    assert len(list((tmp_path / "data" / "joined").iterdir())) == 3              # cloud_prior, + refresh, + device
 
 
 def test_pipeline_mistakes_are_one_line_naming_the_key(ml_sessions, tmp_path, monkeypatch):
     from training.trainer import train
+
+    up = _uplift_pipeline(ml_sessions)
+    with pytest.raises(ExperimentError, match=r"pipe.yaml: evaluation.uplift.control: 'clod' is not a mechanism of "
+                                              r"`replay.scores` \(those: cloud, device, refresh\)"):
+        parse_experiment({**up, "evaluation": {"uplift": {"control": "clod"}}}, "pipe.yaml")
+    with pytest.raises(ExperimentError, match=r"pipe.yaml: replay.scores.cluod: not a mechanism"):
+        parse_experiment({**up, "replay": {**up["replay"], "scores": {"cluod": "cloud_prior", "device": "d"}}},
+                         "pipe.yaml")
+    with pytest.raises(ExperimentError, match=r"pipe.yaml: replay.outcome: 'mrr' is not one of ndcg, hit, auc"):
+        parse_experiment({**up, "replay": {**up["replay"], "outcome": "mrr"}}, "pipe.yaml")
+    with pytest.raises(ExperimentError, match=r"stages\[1\].evaluation.uplift: expected \{control: TASK"):
+        bad = {**up, "stages": [up["stages"][0], {**up["stages"][1], "evaluation": {"uplift": "cloud"}}]}
+        parse_experiment(bad, "pipe.yaml")
 
     monkeypatch.setenv("TFREC_ZOO_DATA", str(tmp_path / "data"))
     with pytest.raises(ExperimentError, match=r"pipe.yaml: join.cloud_prior.from: 'cloudy' is not an earlier stage "
@@ -275,7 +350,7 @@ def test_pipeline_mistakes_are_one_line_naming_the_key(ml_sessions, tmp_path, mo
     # a join of a column the spec does not declare fails before the cloud stage trains
     bad = _pipeline(ml_sessions, join={"clicked_prior": {"from": "cloud"}})
     with pytest.raises(ValueError, match=r"pipe.yaml: join.clicked_prior: not a `joined: true` column .*\(those: "
-                                         r"cloud_prior, refresh_prior\)"):
+                                         r"cloud_prior, refresh_prior, device_score\)"):
         train(parse_experiment(bad, "pipe.yaml"), tmp_path / "r0", verbose=0, log=lambda *_: None)
     assert not (tmp_path / "r0" / "cloud").exists()
     # the model reads a joined column nobody joins
@@ -299,3 +374,42 @@ def test_pipeline_mistakes_are_one_line_naming_the_key(ml_sessions, tmp_path, mo
     with pytest.raises(ExperimentError, match="pipe.yaml: evaluation.group_by: 'step' is not a column"):
         train(exp, tmp_path / "r4", verbose=0, log=lambda *_: None)
     assert not (tmp_path / "r4").exists()
+
+
+def test_replay_steps_carry_the_lists_context_and_name_what_cannot_be_carried(ml_sessions, tmp_path):
+    """One example per list: its context features (equal on every row of the list), `served_*` masks that are no
+    model input, `outcome_*` labels; a history whose table the candidate owned takes the table over. A feature that
+    varies within a list, a score column that is not there, or a score kept as an input are errors."""
+    from tfrec_zoo.models import build_model
+    from training.replay_steps import replay_steps
+
+    parent = open_dataset(ml_sessions)
+    out = tmp_path / "replay"
+    with pytest.raises(ValueError, match=r"replay.keep: 'item_id' differs between rows of list step_id=\d+ "):
+        replay_steps(parent, {"scores": {"cloud": "session_clicks", "device": "session_clicks"},
+                              "keep": ["session_history", "item_id"]}, out)
+    assert not list(out.iterdir())                                     # nothing half-written is left
+    with pytest.raises(ValueError, match=r"replay.scores.device: 'device_score' is not a dense column .*join the"):
+        replay_steps(parent, {"scores": {"cloud": "session_clicks", "device": "device_score"},
+                              "keep": ["session_history"]}, out)
+    with pytest.raises(ValueError, match=r"replay.keep: 'session_clicks' is a mechanism's score"):
+        replay_steps(parent, {"scores": {"cloud": "session_clicks", "refresh": "session_clicks"},
+                              "keep": ["session_clicks"]}, out)
+    steps = replay_steps(parent, {"scores": {"cloud": "session_clicks", "refresh": "session_clicks"},
+                                  "keep": ["session_history"]}, out, log=lambda *_: None)
+    spec = steps.spec
+    assert [f.name for f in spec.inputs] == ["user_id", "step_id", "session_history"]
+    assert spec.table_of("session_item_id") == "item_id"              # the parent's vocabulary, by its name
+    assert [lab.task for lab in spec.labels] == ["cloud", "refresh"]
+    assert steps.rows("valid") == open_dataset(ml_sessions).manifest["extra"]["steps_per_part"]["3"]
+    feats, labels, weights = next(iter(steps.dataset("valid", 4096)))
+    # every candidate of a list scored alike: the ties go against the clicks, so the outcome is 0
+    assert float(np.max(labels["cloud"].numpy())) == 0.0
+    np.testing.assert_array_equal(weights["cloud"] + weights["refresh"], 1.0)
+    model = build_model("dnn", spec, steps.artifacts, {"dnn_units": [8]})
+    assert "served_cloud" not in model.input_names and "session_item_id" in model.input_names
+    # the spec round-trips with its `input: false` columns
+    from tfrec_zoo.features.spec import parse_spec
+
+    assert parse_spec(spec.to_dict()).fingerprint == spec.fingerprint
+    assert spec["served_cloud"].input is False and spec["served_cloud"] in spec.row_features

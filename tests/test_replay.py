@@ -72,3 +72,31 @@ def test_outcomes_uplifts_and_counterfactual_labels():
         step_outcomes(frame, {"edge": "cloud"})
     with pytest.raises(ValueError, match="2 scores are NaN"):
         list_metrics(np.zeros(3), np.array([1, 0, 0]), np.array([np.nan, 0.1, np.nan]))
+
+
+def test_x_learner_targets_and_combination_against_numpy():
+    from training.replay import x_learner_targets, x_learner_uplift
+
+    rng = np.random.default_rng(3)
+    n = 50
+    served = rng.integers(0, 3, n)
+    outcome = rng.random(n)
+    mu = rng.random((n, 3))
+    t = x_learner_targets(outcome, served, mu, treatment=2)
+    for i in range(n):
+        if served[i] == 2:
+            assert t["mask_treated"][i] == 1 and t["d_treated"][i] == outcome[i] - mu[i, 0]
+        else:
+            assert t["mask_treated"][i] == 0 and t["d_treated"][i] == 0
+        if served[i] == 0:
+            assert t["mask_control"][i] == 1 and t["d_control"][i] == mu[i, 2] - outcome[i]
+        else:
+            assert t["mask_control"][i] == 0 and t["d_control"][i] == 0
+    # the T-learner's own estimate is recovered when both second stages fit their targets' means exactly
+    tau1, tau0 = np.full(n, 0.3), np.full(n, 0.1)
+    np.testing.assert_allclose(x_learner_uplift(tau1, tau0, 0.25), 0.25 * 0.1 + 0.75 * 0.3)
+    np.testing.assert_allclose(x_learner_uplift(tau1, tau0, np.full(n, 0.5)), 0.2)
+    with pytest.raises(ValueError, match="propensity"):
+        x_learner_uplift(tau1, tau0, 1.5)
+    with pytest.raises(ValueError, match="disagree"):
+        x_learner_targets(outcome, served, mu[:, 0], treatment=1)

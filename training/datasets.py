@@ -13,25 +13,34 @@ from .experiment import Experiment, ExperimentError
 
 def experiment_data(exp: Experiment, log=print, run_dir: Path | None = None) -> DatasetDir:
     """The experiment's dataset, with the predictions its `join:` adds (data/joined/, training/join.py; stage
-    names resolve under `run_dir`), or the subset its `rows:` selects (data/subsets/); each written on first use."""
+    names resolve under `run_dir`), then the subset its `rows:` selects (data/subsets/), then one example per list
+    when it has `replay:` (data/replay/, training/replay_steps.py); each written on first use."""
     data = resolve_dataset(exp.dataset, log)
     if exp.join:
-        from .join import join_predictions, resolve_join
+        from .join import join_in_order, resolve_join
 
         join = resolve_join(exp.join, run_dir)
         try:
-            data = join_predictions(data, join, default_data_dir() / "joined", where=f"{exp.source}: join", log=log)
+            data = join_in_order(data, join, default_data_dir() / "joined", where=f"{exp.source}: join", log=log)
         except FileNotFoundError as e:
             raise ExperimentError(exp.source, "join", str(e).split(": ", 1)[-1]) from None
-    if not exp.rows:
-        return data
-    from tfrec_zoo.data.subset import RowSelection, select_rows
+    if exp.rows:
+        from tfrec_zoo.data.subset import RowSelection, select_rows
 
-    try:
-        return select_rows(data, RowSelection.parse(exp.rows), default_data_dir() / "subsets", log=log)
-    except ValueError as e:                 # "rows.keep.domain: problem": the key, then what is wrong
-        path, _, problem = str(e).partition(": ")
-        raise ExperimentError(exp.source, path, problem) from None
+        try:
+            data = select_rows(data, RowSelection.parse(exp.rows), default_data_dir() / "subsets", log=log)
+        except ValueError as e:                 # "rows.keep.domain: problem": the key, then what is wrong
+            path, _, problem = str(e).partition(": ")
+            raise ExperimentError(exp.source, path, problem) from None
+    if exp.replay:
+        from .replay_steps import replay_steps
+
+        try:
+            data = replay_steps(data, exp.replay, default_data_dir() / "replay", log=log)
+        except ValueError as e:                 # "replay.keep: problem"
+            path, _, problem = str(e).partition(": ")
+            raise ExperimentError(exp.source, path, problem) from None
+    return data
 
 
 def resolve_dataset(name_or_path: str, log=print) -> DatasetDir:

@@ -7,6 +7,9 @@ Protocols (`ZooModel.evaluation_protocol(spec)`; `register_protocol` adds one):
   metric is also reported per domain value.
 * sampled: 1 positive + the row's sampled negatives (training/ranking.py).
 * retrieval: full-corpus Recall / HitRate / NDCG@K beside most-popular (training/retrieval.py).
+Pointwise with `evaluation.uplift: {control: TASK, treatments: [TASK, ...]}` also scores a model whose tasks are
+the outcomes of mechanisms (a T-learner's heads, one per arm, each label masked to the examples its arm served:
+training/steps.py): `uplift_metrics`.
 Each writes metrics.json and summary.md into the run directory.
 """
 from __future__ import annotations
@@ -88,11 +91,15 @@ def task_metrics(spec: FeatureSpec, data: dict[str, np.ndarray], rows: np.ndarra
 
 
 def evaluate_split(model, dataset, spec: FeatureSpec, max_batches: int | None = None,
-                   tasks: Collection[str] | None = None, group_by: str | None = None) -> dict[str, Any]:
+                   tasks: Collection[str] | None = None, group_by: str | None = None,
+                   uplift: dict | None = None) -> dict[str, Any]:
     """{'overall': {task: metrics}, 'by_domain': {domain: {value: {task: metrics}}}} for `tasks` (default: all);
-    GAUC groups rows by `group_by` (default the spec's user key: a session step's list in a replay)."""
+    GAUC groups rows by `group_by` (default the spec's user key: a session step's list in a replay); with
+    `uplift` ({control, treatments}) also 'uplift': `uplift_metrics`."""
     data = collect(model, dataset, spec, max_batches, group_by)
     result: dict[str, Any] = {"overall": task_metrics(spec, data, tasks=tasks, group_by=group_by)}
+    if uplift:
+        result["uplift"] = uplift_metrics(data, uplift["control"], uplift["treatments"])
     for f in spec.of_kind("domain"):
         values = data.get(f"key/{f.name}")
         if values is None:
@@ -102,6 +109,71 @@ def evaluate_split(model, dataset, spec: FeatureSpec, max_batches: int | None = 
         result.setdefault("by_domain", {})[f.name] = per_value
         result.setdefault("domain_mean", {})[f.name] = domain_mean(per_value)
     return result
+
+
+def uplift_metrics(data: dict[str, np.ndarray], control: str, treatments: Collection[str]) -> dict[str, Any]:
+    """Uplift of each treatment task over the `control` task, from `collect`'s arrays: predictions `pred/<task>`
+    (the expected outcome under that arm), labels `label/<task>` (the outcome under that arm) and weights
+    `weight/<task>` (1 where that arm served the example). Per treatment t, with tau_hat = pred_t - pred_control:
+    * auuc / qini (tfrec_zoo.metrics.uplift) on the examples served by t or the control, the served arm's label as
+      the outcome: how uplift models are scored on a randomized log;
+    * where every arm's outcome is known for every example (a replay: the labels hold them all, the weights say
+      which arm served), the true uplift tau = label_t - label_control: its mean (the ATE), the mean of tau_hat,
+      and their Pearson correlation.
+    'policy': the mean outcome of serving every example with one arm, with the arm of the largest predicted
+    uplift (the counterfactual label, ties to the control), and with the best arm per example (the oracle)."""
+    arms = [control, *treatments]
+    for t in arms:
+        if f"pred/{t}" not in data:
+            raise ValueError(f"evaluation.uplift: {t!r} is not a task of the model (its tasks: "
+                             f"{sorted(k[5:] for k in data if k.startswith('pred/'))})")
+    pred = {t: data[f"pred/{t}"].astype(np.float64) for t in arms}
+    label = {t: data[f"label/{t}"].astype(np.float64) for t in arms}
+    served = {t: data[f"weight/{t}"] > 0 for t in arms}
+    out: dict[str, Any] = {}
+    for t in treatments:
+        tau_hat = pred[t] - pred[control]
+        rows = served[t] | served[control]
+        treated = served[t][rows]
+        entry: dict[str, Any] = {"treated": int(treated.sum()), "control": int((~treated).sum())}
+        if entry["treated"] and entry["control"]:
+            observed = np.where(treated, label[t][rows], label[control][rows])
+            entry.update(auuc=M.auuc(treated.astype(int), observed, tau_hat[rows]),
+                         qini=M.qini(treated.astype(int), observed, tau_hat[rows]))
+        tau = label[t] - label[control]
+        entry.update(ate_true=float(tau.mean()), ate_pred=float(tau_hat.mean()),
+                     corr_true=float(np.corrcoef(tau_hat, tau)[0, 1]) if tau.std() > 0 and tau_hat.std() > 0
+                     else float("nan"))
+        out[t] = entry
+    chosen = np.argmax(np.stack([np.zeros_like(pred[control])] + [pred[t] - pred[control] for t in treatments], 1), 1)
+    outcomes = np.stack([label[t] for t in arms], 1)
+    policy = {f"always_{t}": float(label[t].mean()) for t in arms}
+    policy["predicted_best"] = float(outcomes[np.arange(len(chosen)), chosen].mean())
+    policy["oracle"] = float(outcomes.max(axis=1).mean())
+    policy["predicted_best_share"] = {t: float(np.mean(chosen == i)) for i, t in enumerate(arms)}
+    out["policy"] = policy
+    return out
+
+
+def check_uplift(exp, spec: FeatureSpec) -> dict | None:
+    """`evaluation.uplift` with its treatments filled in (default: every other task), each task a label of
+    `spec` (checked before training)."""
+    from .experiment import ExperimentError
+
+    up = (exp.evaluation or {}).get("uplift")
+    if not up:
+        return None
+    tasks = [lab.task for lab in spec.labels if lab.type in ("binary", "regression")]
+    treatments = up.get("treatments") or [t for t in tasks if t != up["control"]]
+    for key, names in (("control", [up["control"]]), ("treatments", treatments)):
+        for t in names:
+            if t not in tasks:
+                raise ExperimentError(exp.source, f"evaluation.uplift.{key}", f"{t!r} is not a binary or regression "
+                                      f"task of {spec.source} (its tasks: {', '.join(tasks)})")
+    if not treatments:
+        raise ExperimentError(exp.source, "evaluation.uplift.treatments", "no task is left to compare with the "
+                              "control", "the spec needs a task per arm")
+    return {"control": up["control"], "treatments": treatments}
 
 
 DOMAIN_MEAN_METRICS = ("auc", "gauc", "logloss", "rmse", "accuracy")
@@ -138,7 +210,24 @@ def format_table(results: dict[str, dict]) -> str:
                 lines.append(f"| {split} | {task} | {name} | {value:.4f} |" if isinstance(value, float)
                              else f"| {split} | {task} | {name} | {value} |")
     domain_lines = _domain_table(results)
-    return "\n".join(lines + ([""] + domain_lines if domain_lines else []))
+    uplift_lines = _uplift_table(results)
+    return "\n".join(lines + ([""] + domain_lines if domain_lines else []) + ([""] + uplift_lines if uplift_lines
+                                                                              else []))
+
+
+def _uplift_table(results: dict[str, dict]) -> list[str]:
+    rows = []
+    for split, res in results.items():
+        up = res.get("uplift") or {}
+        for arm, m in up.items():
+            if arm == "policy":
+                cells = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
+                rows.append(f"| {split} | policy (mean outcome) | {cells} |")
+            else:
+                cells = ", ".join(f"{k} {m[k]:.4f}" for k in ("auuc", "qini", "ate_true", "ate_pred", "corr_true")
+                                  if isinstance(m.get(k), float))
+                rows.append(f"| {split} | {arm} vs control ({m['treated']} / {m['control']}) | {cells} |")
+    return ["| split | uplift | metrics |", "|---|---|---|", *rows] if rows else []
 
 
 def _domain_table(results: dict[str, dict]) -> list[str]:
@@ -211,6 +300,7 @@ def check_group_by(exp, spec: FeatureSpec) -> str | None:
 def _pointwise(exp, model, data) -> tuple[dict, str]:
     ev = exp.evaluation or {}
     group_by = check_group_by(exp, data.spec)
+    uplift = check_uplift(exp, data.spec)
     results = {}
     for split in ev.get("splits", ["valid", "test"]):
         if split in data.manifest["splits"]:
@@ -218,7 +308,7 @@ def _pointwise(exp, model, data) -> tuple[dict, str]:
             keys = [c for c in [group_by, *(f.name for f in data.spec.of_kind("domain"))] if c]
             ds = data.dataset(split, 4096, features=list(dict.fromkeys(list(model.input_names) + keys)))
             results[split] = evaluate_split(model, ds, data.spec, ev.get("max_batches"), trained_tasks(model),
-                                            group_by)
+                                            group_by, uplift)
     return results, ""
 
 

@@ -18,6 +18,8 @@
     join: {cloud_prior: {from: cloud}}    # an earlier stage's predictions as a column (training/join.py)
     features: {drop: [session_history]}   # the inputs the model may see (`keep: [...]` or `drop: [...]`, top-level
         # spec names; labels and an id's side attributes follow): a cloud model that must not read in-session clicks
+    replay: {scores: {cloud: cloud_prior, device: device_score}, keep: [device_history]}
+        # one example per replayed list with each mechanism's outcome (training/replay_steps.py; after join, rows)
     rows: {drop: {domain: [0]}}       # train and evaluate on a subset of the dataset's rows (tfrec_zoo/data/subset.py):
         # keep / drop {column: [ids]}, share {split: fraction} (e.g. {keep: {domain: [0]}, share: {train: 0.1}}: a
         # cold-start domain's 10%), seed; written once beside the datasets (data/subsets/)
@@ -30,9 +32,10 @@
       - {name: psu, model: seminar_psu, epochs: 1, params: {...}, losses: {align: 0.1}}
       - {name: warm, model: din, dataset: other-domain, restore: {from: psu, include: ['^emb_']}, evaluate: true}
     restore: {from: warm, include: ['^emb_'], freeze_level: 1}   # the final model restores an earlier stage
-        # each stage: name, model, and optionally dataset / rows / features / join / params / losses / tasks /
-        # epochs / optimizer / batch_size / steps_per_epoch / restore ({from: EARLIER_STAGE, ...}) / evaluate
-        # (default false); `join.*.from` names an earlier stage too. A stage's
+        # each stage: name, model, and optionally dataset / rows / features / join / replay / params / losses /
+        # tasks / epochs / optimizer / batch_size / steps_per_epoch / restore ({from: EARLIER_STAGE, ...}) /
+        # evaluate (default false) / evaluation (its own; implies evaluate); `join.*.from` names an earlier stage
+        # too. A stage's
         # `rows` is its own (not the final model's: pretraining drops the rows fine-tuning keeps). A stage
         # is a run of its own: killed, it resumes; finished, it is not trained again.
 """
@@ -49,6 +52,7 @@ from tfrec_zoo.features import safe_yaml
 from tfrec_zoo.features.spec import FeatureSpecError
 
 from .join import check_join, resolve_join
+from .replay_steps import check_replay
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "parameter_server")
 OPTIMIZERS = ("adam", "adagrad", "sgd", "rmsprop")
@@ -81,6 +85,7 @@ class Experiment:
     features: dict | None = None
     join: dict | None = None
     rows: dict | None = None
+    replay: dict | None = None
     pretrain: dict | None = None
     stages: list | None = None
     source: str = "<memory>"
@@ -93,12 +98,14 @@ _TYPES = {"name": str, "dataset": str, "model": str, "params": dict, "tasks": di
           "batch_size": int, "epochs": int, "steps_per_epoch": (int, type(None)), "shuffle_buffer": int, "seed": int,
           "strategy": str, "early_stopping": (dict, type(None)), "evaluation": dict, "restore": (dict, type(None)),
           "tune": (dict, type(None)), "domain_loss_weights": (dict, type(None)), "rows": (dict, type(None)),
-          "features": (dict, list, type(None)), "join": (dict, type(None)), "pretrain": (dict, type(None)),
+          "features": (dict, list, type(None)), "join": (dict, type(None)), "replay": (dict, type(None)),
+          "pretrain": (dict, type(None)),
           "stages": (list, type(None))}
 _REQUIRED = ("name", "dataset", "model")
 _SUBKEYS = {"optimizer": {"name", "learning_rate", "clipnorm"},
             "early_stopping": {"monitor", "mode", "patience", "min_delta"},
-            "evaluation": {"splits", "group_by", "domain", "max_batches", "ks", "max_users", "modes", "max_rows"},
+            "evaluation": {"splits", "group_by", "domain", "max_batches", "ks", "max_users", "modes", "max_rows",
+                           "uplift"},
             "pretrain": {"model", "dataset", "rows", "params", "losses", "epochs", "optimizer", "batch_size", "include",
                          "exclude", "freeze", "freeze_level"},
             "features": {"keep", "drop"},
@@ -186,6 +193,9 @@ def parse_experiment(raw: Any, source: str = "<memory>", overrides: list[str] | 
     if exp.join is not None:
         earlier = [st["name"] for st in as_stages(exp)[0]] if (exp.stages or exp.pretrain) else None
         check_join(exp.join, "join", earlier, fail)
+    if exp.replay is not None:
+        check_replay(exp.replay, "replay", fail)
+    _check_uplift(exp.evaluation, "evaluation", fail, exp.replay)
     if exp.early_stopping and "monitor" not in exp.early_stopping:
         fail("early_stopping.monitor", "is required", "name a metric, e.g. val_like_auc")
     from tfrec_zoo.models import model_config
@@ -215,8 +225,8 @@ def parse_experiment(raw: Any, source: str = "<memory>", overrides: list[str] | 
     return exp
 
 
-STAGE_KEYS = {"name", "model", "dataset", "rows", "features", "join", "params", "losses", "tasks", "epochs",
-              "optimizer", "batch_size", "steps_per_epoch", "restore", "evaluate"}
+STAGE_KEYS = {"name", "model", "dataset", "rows", "features", "join", "replay", "params", "losses", "tasks", "epochs",
+              "optimizer", "batch_size", "steps_per_epoch", "restore", "evaluate", "evaluation"}
 # run-directory entries a stage directory must not take
 _RESERVED = {"backup", "checkpoints", "logs", "model", "early_stopping", "config.yaml", "metrics.json", "summary.md",
              "history.csv", "restore.json", "DONE"}
@@ -240,6 +250,26 @@ def _check_features(selection, where: str, fail) -> None:
     names = next(iter(selection.values()))
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         fail(f"{where}.{next(iter(selection))}", f"expected a non-empty list of feature names, got {names!r}")
+
+
+def _check_uplift(evaluation: dict, where: str, fail, replay: dict | None = None) -> None:
+    """`evaluation.uplift: {control: TASK, treatments: [TASK, ...]}`: with `replay:` the tasks are its mechanisms
+    (checked here); otherwise they are checked against the spec before training."""
+    up = (evaluation or {}).get("uplift")
+    if up is None:
+        return
+    if not isinstance(up, dict) or not isinstance(up.get("control"), str) or set(up) - {"control", "treatments"}:
+        fail(f"{where}.uplift", f"expected {{control: TASK, treatments: [TASK, ...]}}, got {up!r}")
+    tr = up.get("treatments")
+    if tr is not None and (not isinstance(tr, list) or not tr or not all(isinstance(t, str) for t in tr)):
+        fail(f"{where}.uplift.treatments", f"expected a non-empty list of task names, got {tr!r}")
+    mechanisms = list((replay or {}).get("scores") or {})
+    if mechanisms:
+        for key, names in (("control", [up["control"]]), ("treatments", tr or [])):
+            for t in names:
+                if t not in mechanisms:
+                    fail(f"{where}.uplift.{key}", f"{t!r} is not a mechanism of `replay.scores` (those: "
+                         f"{', '.join(mechanisms)})")
 
 
 def _check_restore(restore: dict, where: str, earlier: list[str], fail) -> None:
@@ -269,7 +299,8 @@ def _check_stages(exp: Experiment, fail) -> None:
             fail(f"{where}.name", f"{name!r} must be a new name of letters, digits, '-', '_' (it becomes "
                  f"RUN_DIR/{name}) and not one of {', '.join(sorted(_RESERVED))}")
         for key, typ in (("params", dict), ("losses", dict), ("tasks", dict), ("optimizer", dict),
-                         ("restore", dict), ("epochs", int), ("batch_size", int), ("evaluate", bool)):
+                         ("restore", dict), ("epochs", int), ("batch_size", int), ("evaluate", bool),
+                         ("evaluation", dict)):
             if key in st and not isinstance(st[key], typ):
                 fail(f"{where}.{key}", f"expected {typ.__name__}, got {st[key]!r}")
         if "restore" in st:
@@ -280,6 +311,14 @@ def _check_stages(exp: Experiment, fail) -> None:
             _check_features(st["features"], f"{where}.features", fail)
         if "join" in st:
             check_join(st["join"], f"{where}.join", names, fail)
+        if "replay" in st:
+            check_replay(st["replay"], f"{where}.replay", fail)
+        if "evaluation" in st:
+            for sub in st["evaluation"]:
+                if sub not in _SUBKEYS["evaluation"]:
+                    fail(f"{where}.evaluation.{sub}", f"unknown key {sub!r}",
+                         f"use one of {', '.join(sorted(_SUBKEYS['evaluation']))}")
+            _check_uplift(st["evaluation"], f"{where}.evaluation", fail, st.get("replay"))
         try:
             model_config(st["model"], st.get("params", {}), source=f"{where}.params")
         except (ValueError, TypeError) as e:
@@ -294,14 +333,21 @@ def stage_experiment(exp: Experiment, stage: dict, run_dir) -> Experiment:
     if restore and "from" in restore:
         restore["checkpoint"] = str(Path(run_dir) / restore.pop("from"))
     return Experiment(name=f"{exp.name}-{stage['name']}", dataset=stage.get("dataset", exp.dataset),
-                      rows=stage.get("rows"), features=stage.get("features"),
+                      rows=stage.get("rows"), features=stage.get("features"), replay=stage.get("replay"),
                       join=resolve_join(stage["join"], run_dir) if stage.get("join") else None,
                       model=stage["model"], params=dict(stage.get("params", {})), tasks=dict(stage.get("tasks", {})),
                       losses=dict(stage.get("losses", {})), optimizer=stage.get("optimizer", exp.optimizer),
                       batch_size=int(stage.get("batch_size", exp.batch_size)), epochs=int(stage.get("epochs", 1)),
                       steps_per_epoch=stage.get("steps_per_epoch"), shuffle_buffer=exp.shuffle_buffer, seed=exp.seed,
-                      restore=restore, evaluation=exp.evaluation if stage.get("evaluate") else {"splits": []},
+                      restore=restore, evaluation=stage_evaluation(exp, stage),
                       source=f"{exp.source}: stages.{stage['name']}")
+
+
+def stage_evaluation(exp: Experiment, stage: dict) -> dict:
+    """A stage's own `evaluation:`, else the experiment's when `evaluate: true`, else none (no split)."""
+    if "evaluation" in stage:
+        return {"splits": ["valid", "test"], **stage["evaluation"]}
+    return exp.evaluation if stage.get("evaluate") else {"splits": []}
 
 
 def as_stages(exp: Experiment) -> tuple[list[dict], dict | None]:

@@ -106,12 +106,25 @@ def joined_dir(parent: DatasetDir, join: dict, out_root: Path) -> Path:
     key = {"parent": hashlib.sha256((parent.path / "manifest.json").read_bytes()).hexdigest(),
            "join": {col: {**cfg, "model": _model_identity(Path(cfg["from"]))} for col, cfg in sorted(join.items())}}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(out_root) / f"{parent.path.name}.join-{digest}"
+    return Path(out_root) / f"{parent.path.name.split('.join-')[0]}.join-{digest}"
+
+
+def join_in_order(parent: DatasetDir, join: dict, out_root: str | Path, *, where: str = "join",
+                  log: Callable[[str], Any] = print) -> DatasetDir:
+    """`parent` with the `join` columns added one after the other, so that a column's model may read the columns
+    joined before it (the on-device model reads the cloud's prior: its own predictions join after it). Each
+    step is a joined dataset of its own, written once; equal first steps of two stages are one directory."""
+    check_joinable(parent.spec, join, where)
+    data = parent
+    for col, cfg in join.items():
+        data = join_predictions(data, {col: cfg}, out_root, where=where, log=log)
+    return data
 
 
 def join_predictions(parent: DatasetDir, join: dict, out_root: str | Path, *, where: str = "join",
                      log: Callable[[str], Any] = print) -> DatasetDir:
-    """`parent` with each `join` column filled by its run's predictions (resolved `from`), written on first use."""
+    """`parent` with each `join` column filled by its run's predictions (resolved `from`), written on first use
+    (every run scores `parent` itself: `join_in_order` when one reads another's column)."""
     from .predict import predictions
     from .runs import load_run
 
@@ -126,11 +139,13 @@ def join_predictions(parent: DatasetDir, join: dict, out_root: str | Path, *, wh
     columns: dict[str, dict[str, np.ndarray]] = {}
     for col, cfg in join.items():
         _, _, model = load_run(cfg["from"], log=lambda *_: None)
-        tasks = [lab.task for lab in model.spec.labels if lab.type == "binary"]
-        task = cfg.get("output") or (tasks[0] if len(tasks) == 1 else None)
+        tasks = [lab.task for lab in model.spec.labels if lab.type in ("binary", "regression")]
+        binary = [lab.task for lab in model.spec.labels if lab.type == "binary"]
+        default = binary[0] if len(binary) == 1 else tasks[0] if len(tasks) == 1 else None
+        task = cfg.get("output") or default
         if task not in tasks:
-            raise ValueError(f"{where}.{col}.output: name one of the binary tasks of {cfg['from']} ({tasks}), got "
-                             f"{cfg.get('output')!r}")
+            raise ValueError(f"{where}.{col}.output: name one of the binary or regression tasks of {cfg['from']} "
+                             f"({tasks}), got {cfg.get('output')!r}")
         feed = feed_names(model.spec, parent.spec, cfg.get("feed", {}), f"{where}.{col}")
         log(f"joining {cfg['from']}'s {task} predictions into {col}" + (f" (fed {cfg['feed']})" if feed else ""))
         for split in parent.manifest["splits"]:

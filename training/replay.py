@@ -105,3 +105,32 @@ def user_averaged(outcomes: pd.DataFrame, column: str) -> float:
     """The mean over users of the mean over each user's lists (NaN lists left out)."""
     per_user = outcomes.groupby("user_id")[column].mean()
     return float(per_user.mean())
+
+
+def x_learner_targets(outcome: np.ndarray, served: np.ndarray, mu_hat: np.ndarray, treatment: int,
+                      control: int = 0) -> dict[str, np.ndarray]:
+    """The X-learner's second-stage targets (Kunzel et al., PNAS 2019) for arm `treatment` against `control`.
+
+    `outcome` [N] is each example's observed outcome (under the arm that served it), `served` [N] that arm's index,
+    `mu_hat` [N, arms] the first stage's (T-learner's) predicted outcome per arm. Imputed effects:
+        treated rows (served == treatment):  D1 = outcome - mu_hat[:, control]
+        control rows (served == control):    D0 = mu_hat[:, treatment] - outcome
+    Returns {"d_treated", "mask_treated", "d_control", "mask_control"}: each D is 0 off its mask (a masked label).
+    A model fitted on D1 over the treated rows gives tau_1(x), on D0 over the control rows tau_0(x);
+    `x_learner_uplift` combines them."""
+    outcome, served, mu_hat = np.asarray(outcome, float), np.asarray(served), np.asarray(mu_hat, float)
+    if mu_hat.ndim != 2 or len(mu_hat) != len(outcome) or len(served) != len(outcome):
+        raise ValueError(f"outcome [N], served [N] and mu_hat [N, arms] disagree: {outcome.shape}, {served.shape}, "
+                         f"{mu_hat.shape}")
+    treated, ctrl = served == treatment, served == control
+    return {"d_treated": np.where(treated, outcome - mu_hat[:, control], 0.0), "mask_treated": treated.astype(float),
+            "d_control": np.where(ctrl, mu_hat[:, treatment] - outcome, 0.0), "mask_control": ctrl.astype(float)}
+
+
+def x_learner_uplift(tau_treated: np.ndarray, tau_control: np.ndarray, propensity) -> np.ndarray:
+    """tau(x) = g(x) tau_0(x) + (1 - g(x)) tau_1(x), g = the propensity of the treatment among treatment and
+    control: the estimate fitted on the larger group gets the larger weight (Kunzel et al., eq. 9)."""
+    g = np.asarray(propensity, float)
+    if np.any((g < 0) | (g > 1)):
+        raise ValueError("propensity must lie in [0, 1]")
+    return g * np.asarray(tau_control, float) + (1 - g) * np.asarray(tau_treated, float)

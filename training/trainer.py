@@ -117,10 +117,11 @@ def _train(exp: Experiment, run_dir: Path, data: DatasetDir | None, *, strategy,
         exp = _run_stages(exp, run_dir, strategy, verbose, log)
     if data is None:
         data = experiment_data(exp, log, run_dir)
-    if evaluate and (exp.evaluation or {}).get("group_by"):
-        from .evaluation import check_group_by
+    if evaluate and ((exp.evaluation or {}).get("group_by") or (exp.evaluation or {}).get("uplift")):
+        from .evaluation import check_group_by, check_uplift
 
         check_group_by(exp, data.spec)
+        check_uplift(exp, data.spec)
     elif exp.restore and "from" in exp.restore:
         raise ModelBuildError(f"{exp.source}: restore.from: {exp.restore['from']!r} names no stage")
     strategy = strategy or tf.distribute.get_strategy()
@@ -201,7 +202,7 @@ def _run_stages(exp: Experiment, run_dir: Path, strategy, verbose: int, log) -> 
         if not is_finished(stage_dir):
             log(f"stage {stage['name']}: {stage['model']} into {stage_dir}")
         train(stage_experiment(exp, stage, run_dir), stage_dir, strategy=strategy, verbose=verbose, log=log,
-              evaluate=bool(stage.get("evaluate")))
+              evaluate=bool(stage.get("evaluate") or stage.get("evaluation")))
     if restore and "from" in restore:
         restore = {"checkpoint": str(run_dir / restore["from"]), **{k: v for k, v in restore.items() if k != "from"}}
     return dataclasses.replace(exp, restore=restore, pretrain=None, stages=None)

@@ -92,7 +92,7 @@ class Feature:
 
     @property
     def is_input(self) -> bool:
-        return self.kind != "label" and not self.side_of and not self.is_joined
+        return self.kind != "label" and not self.side_of and not self.is_joined and getattr(self, "input", True)
 
     @property
     def is_joined(self) -> bool:
@@ -147,6 +147,9 @@ class DenseFeature(Feature):
     fill: Any = None
     # not written by the builder: an experiment's `join:` fills it with an earlier stage's predictions
     joined: bool = False
+    # `input: false`: a column the examples carry for the platform (a label's mask that must not inform the model,
+    # e.g. which mechanism served a replayed step), never a model input
+    input: bool = True
 
 
 @dataclass(frozen=True)
@@ -417,7 +420,7 @@ _ALLOWED_KEYS = {
     "id": _CATEGORICAL_KEYS | {"side_of", "fill"},
     "domain": _CATEGORICAL_KEYS | {"fill"},
     "multi_hot": _CATEGORICAL_KEYS | {"max_len", "combiner", "weights", "side_of"},
-    "dense": _COMMON_KEYS | {"normalization", "buckets", "bucket_embedding_dim", "fill", "joined"},
+    "dense": _COMMON_KEYS | {"normalization", "buckets", "bucket_embedding_dim", "fill", "joined", "input"},
     "vector": _COMMON_KEYS | {"dim", "produced_by", "side_of"},
     "text": _COMMON_KEYS | {"encoder", "dim", "source", "side_of"},
     "sequence": _COMMON_KEYS | {"max_len", "fields", "only_positive"},
@@ -671,6 +674,7 @@ def _parse_feature(ctx: _Ctx, raw: Any, path: str) -> Feature:
             ctx.in_range(kw["buckets"], f"{path}.buckets", 2, MAX_DENSE_BUCKETS)
         kw["bucket_embedding_dim"] = ctx.count(raw, "bucket_embedding_dim", path, 8, MAX_EMBEDDING_DIM)
         kw["joined"] = ctx.get(raw, "joined", bool, path, False)
+        kw["input"] = ctx.get(raw, "input", bool, path, True)
         if kw["joined"] and (kw["normalization"] != "none" or kw["buckets"] or "fill" in raw):
             ctx.fail(f"{path}.joined", "a joined column has no train statistics (it is filled after the dataset is "
                      "written)", "set `normalization: none` and no `buckets` / `fill`")

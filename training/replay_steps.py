@@ -1,0 +1,268 @@
+"""Replay step datasets: one example per replayed list, what the uplift models and the meta controller learn from
+(`replay:` in an experiment or a stage; seed paper 4).
+
+    stages:
+      - name: uplift
+        model: dnn                                   # a shared encoder, one head per mechanism: the T-learner
+        join: {cloud_prior: {from: cloud}, device_score: {from: device}, refresh_prior: {...}}
+        rows: {keep: {part: [2]}, splits: [train]}
+        replay:
+          scores: {cloud: cloud_prior, device: device_score, refresh: refresh_prior}
+          keep: [device_history, session_history, session_clicks]   # what the device knows at the step
+          outcome: ndcg                              # ndcg | hit | auc of the list (training/replay.py), k: 5
+          seed: 0
+        evaluation: {splits: [valid, test], uplift: {control: cloud}}
+
+A list is a `keys.query` group (the step) of a dataset with a binary label; each `scores` column ranks it as one
+mechanism would (joined predictions). Per list the replay measures the outcome O(t) of every mechanism
+(`step_outcomes`), and the step example carries:
+* the `keep` inputs, which must be the same on every row of a list (the list's context: its histories, counts);
+  a feature that varies within a list (the candidate's id) is an error naming it;
+* the user and step keys;
+* `outcome_<mechanism>`: a regression label per mechanism, O(t), with the mask `served_<mechanism>`;
+* `served_<mechanism>`: 1 for the one mechanism that served the step, drawn uniformly at random with `seed`
+  (a dense column that is never a model input, `input: false`).
+The random assignment is the randomized log the paper builds its uplift data from (D_0, D_1, D_2: each step seen
+under one mechanism): a head trained under its mask learns E[O(t) | x] from its arm's steps only (a T-learner
+with a shared encoder), and the uplift evaluation can score it as uplift models are scored (AUUC / Qini on the
+observed arm). The replay also knows every mechanism's outcome on every step (the labels hold all three; the
+masks hide two), which gives the evaluation the true uplift too.
+
+Written into `data/replay/<parent>.replay-<fingerprint>/` (parent manifest + the `replay:` mapping), once, atomically;
+the vocabularies and statistics are the parent's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from tfrec_zoo.data import DatasetDir, open_dataset, staging
+from tfrec_zoo.features.artifacts import ARTIFACTS_DIR
+from tfrec_zoo.features.spec import MultiHotFeature, SequenceFeature, parse_spec
+
+from .replay import MECHANISMS, step_outcomes
+
+REPLAY_KEYS = {"scores", "keep", "outcome", "k", "seed"}
+OUTCOMES = ("ndcg", "hit", "auc")
+
+
+def check_replay(cfg: Any, where: str, fail) -> None:
+    """The shape of a `replay:` mapping (its columns are checked against the spec when the data is made)."""
+    if not isinstance(cfg, dict):
+        fail(where, f"expected {{scores: {{cloud: COLUMN, ...}}, keep: [...]}}, got {cfg!r}")
+    unknown = sorted(set(cfg) - REPLAY_KEYS)
+    if unknown:
+        fail(f"{where}.{unknown[0]}", f"unknown key {unknown[0]!r}", f"use {', '.join(sorted(REPLAY_KEYS))}")
+    scores = cfg.get("scores")
+    if not isinstance(scores, dict) or len(scores) < 2 or not all(isinstance(v, str) for v in scores.values()):
+        fail(f"{where}.scores", f"expected {{mechanism: score column}} for two or more of {', '.join(MECHANISMS)}, "
+             f"got {scores!r}")
+    bad = sorted(set(scores) - set(MECHANISMS))
+    if bad:
+        fail(f"{where}.scores.{bad[0]}", f"not a mechanism", f"use {', '.join(MECHANISMS)}")
+    keep = cfg.get("keep")
+    if not isinstance(keep, list) or not keep or not all(isinstance(n, str) for n in keep):
+        fail(f"{where}.keep", f"expected a non-empty list of the step's input features, got {keep!r}")
+    if cfg.get("outcome", "ndcg") not in OUTCOMES:
+        fail(f"{where}.outcome", f"{cfg.get('outcome')!r} is not one of {', '.join(OUTCOMES)}")
+    for key in ("k", "seed"):
+        v = cfg.get(key, 5 if key == "k" else 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "k" else 0):
+            fail(f"{where}.{key}", f"expected an integer >= {1 if key == 'k' else 0}, got {v!r}")
+
+
+def step_spec_dict(parent_spec, cfg: dict) -> dict:
+    """The step dataset's spec: the parent's user and step keys and `keep` inputs, `served_*` masks and
+    `outcome_*` labels (one per mechanism of `scores`)."""
+    spec, mechs = parent_spec, list(cfg["scores"])
+    user, step = spec.keys.get("user"), spec.keys.get("query")
+    names = [n for n in dict.fromkeys([user, step, *cfg["keep"]])]
+    raw = spec.to_dict()
+    by_name = {d["name"]: d for d in raw["features"]}
+    side = [d for d, f in zip(raw["features"], spec.features) if f.side_of in names]
+    features = [by_name[n] for n in names] + side
+    _own_dropped_tables(spec, features)
+    for m in mechs:
+        features.append({"name": f"served_{m}", "kind": "dense", "normalization": "none", "input": False,
+                         "doc": f"1 when the randomized replay served this step with the {m} mechanism"})
+    for m in mechs:
+        features.append({"name": f"outcome_{m}", "kind": "label", "task": m, "type": "regression",
+                         "mask": f"served_{m}",
+                         "doc": f"the {m} mechanism's {cfg.get('outcome', 'ndcg')} of the list (counts where served)"})
+    return {"name": f"{spec.name}-steps", "description": f"one example per list of {spec.name} (training/steps.py)",
+            "keys": {"user": user, "query": step}, "features": features}
+
+
+def _own_dropped_tables(spec, features: list[dict]) -> None:
+    """A kept history field that shares the table of a feature left out (the candidate's `item_id`) takes the
+    table over in place: the owner's vocabulary settings and `embedding_group: <table>`, so the table keeps its
+    name and the parent's vocabulary file (copied with the artifacts) still serves it."""
+    kept = {d["name"] for d in features} | {fd["name"] for d in features for fd in d.get("fields", [])}
+    new_owner: dict[str, str] = {}
+    for d in features:
+        for fd in [d, *d.get("fields", [])]:
+            target = fd.get("shares_embedding_with")
+            if not target or target in kept:
+                continue
+            table = spec.table_of(fd["name"])
+            if table in new_owner:
+                fd["shares_embedding_with"] = new_owner[table]
+                continue
+            owner = spec.table_config(table)
+            fd.pop("shares_embedding_with")
+            fd["embedding_group"] = table
+            for key in ("dtype", "embedding_dim", "hash_buckets"):
+                if getattr(owner, key, None):
+                    fd[key] = getattr(owner, key)
+            if owner.vocab is not None and not owner.hash_buckets:
+                fd["vocab"] = {k: v for k, v in dataclasses.asdict(owner.vocab).items() if v is not None}
+            new_owner[table] = fd["name"]
+
+
+def _record_keys(f) -> list[str]:
+    if isinstance(f, SequenceFeature):
+        return [sf.name for sf in f.fields]
+    if isinstance(f, MultiHotFeature):
+        return [f.name] + ([f.weights] if f.weights else [])
+    return [f.name]
+
+
+def _scalar(feature) -> Any:
+    for kind in ("int64_list", "float_list", "bytes_list"):
+        values = getattr(feature, kind).value
+        if len(values):
+            return values[0]
+    return None
+
+
+def replay_dir(parent: DatasetDir, cfg: dict, out_root: Path) -> Path:
+    key = {"parent": hashlib.sha256((parent.path / "manifest.json").read_bytes()).hexdigest(), "replay": cfg}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(out_root) / f"{parent.path.name.split('.')[0]}.replay-{digest}"
+
+
+def replay_steps(parent: DatasetDir, cfg: dict, out_root: str | Path, *, where: str = "replay",
+                 log: Callable[[str], Any] = print) -> DatasetDir:
+    """The step dataset of `parent` (module docstring), written on first use."""
+    spec = parent.spec
+    columns = {f.name: f for f in spec.row_features}
+    for key in ("user", "query"):
+        if spec.keys.get(key) not in columns:
+            raise ValueError(f"{where}: {spec.source} has no `keys.{key}` column (a list is a keys.query group of "
+                             "one user)")
+    binary = [lab for lab in spec.labels if lab.type == "binary"]
+    if len(binary) != 1:
+        raise ValueError(f"{where}: {spec.source} needs exactly one binary label (the clicks the lists are scored "
+                         f"on), it has {[lab.name for lab in binary]}")
+    for m, col in cfg["scores"].items():
+        if col not in columns or columns[col].kind != "dense":
+            raise ValueError(f"{where}.scores.{m}: {col!r} is not a dense column of {spec.source} (join the "
+                             "mechanism's predictions into it first: `join:`)")
+    inputs = {f.name for f in spec.inputs}
+    for n in cfg["keep"]:
+        if n not in inputs:
+            raise ValueError(f"{where}.keep: {n!r} is not an input feature of {spec.source}")
+        if n in cfg["scores"].values():
+            raise ValueError(f"{where}.keep: {n!r} is a mechanism's score; the step's inputs are what the device "
+                             "knows before any mechanism ranks the list")
+    out = replay_dir(parent, cfg, Path(out_root))
+    if (out / "manifest.json").exists():
+        return open_dataset(out)
+    step_spec = parse_spec(step_spec_dict(spec, cfg), source=f"{spec.source} ({where})")
+    log(f"writing one example per list of {parent.path} into {out}")
+    tmp = staging.staging_dir(out)
+    try:
+        import yaml
+
+        manifest = json.loads((parent.path / "manifest.json").read_text())
+        counts = {}
+        for i, split in enumerate(list(manifest["splits"])):
+            manifest["splits"][split], counts[split] = _write_split(parent, split, cfg, binary[0].name, tmp,
+                                                                    seed=(int(cfg.get("seed", 0)), i), where=where)
+        (tmp / "spec.yaml").write_text(yaml.safe_dump(step_spec.to_dict(), sort_keys=False))
+        manifest["spec_fingerprint"] = step_spec.fingerprint
+        manifest["extra"] = {**manifest.get("extra", {}), "replay": {"parent": str(parent.path), "config": cfg,
+                                                                     "outcomes": counts}}
+        shutil.copytree(parent.path / ARTIFACTS_DIR, tmp / ARTIFACTS_DIR)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        staging.publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for split, c in counts.items():
+        log(f"  {split}: {c['steps']:,} lists; mean outcome " + ", ".join(f"{m} {v:.4f}" for m, v in c["mean"].items()))
+    return open_dataset(out)
+
+
+def _write_split(parent: DatasetDir, split: str, cfg: dict, label: str, root: Path, *, seed, where: str):
+    """(manifest entry, {steps, mean outcome per mechanism}) of one split."""
+    import pandas as pd
+    import tensorflow as tf
+
+    from tfrec_zoo.data.writer import write_records
+
+    spec = parent.spec
+    user, step = spec.keys["user"], spec.keys["query"]
+    keys = [k for n in dict.fromkeys([user, step, *cfg["keep"]]) for k in _record_keys(spec[n])]
+    scores = cfg["scores"]
+    first: dict[Any, tf.train.Example] = {}
+    rows: dict[str, list] = {"step_id": [], "user_id": [], "click": [], **{c: [] for c in scores.values()}}
+    compression = parent.manifest.get("compression", "GZIP")
+    ds = tf.data.TFRecordDataset([str(f) for f in parent.files(split)], compression_type=compression).batch(8192)
+    for batch in ds:
+        for raw in batch.numpy():
+            ex = tf.train.Example.FromString(raw)
+            feat = ex.features.feature
+            s = _scalar(feat[step])
+            if s not in first:
+                context = tf.train.Example()
+                for k in keys:
+                    if k in feat:
+                        context.features.feature[k].CopyFrom(feat[k])
+                first[s] = context
+            else:
+                ctx = first[s].features.feature
+                for k in keys:
+                    if (k in feat) != (k in ctx) or (k in feat and feat[k] != ctx[k]):
+                        raise ValueError(f"{where}.keep: {k!r} differs between rows of list {step}={s!r} "
+                                         f"({parent.path} {split}); keep only what is the same for the whole list "
+                                         "(its histories and counts, not the candidate's features)")
+            rows["step_id"].append(s)
+            rows["user_id"].append(_scalar(feat[user]))
+            rows["click"].append(_scalar(feat[label]))
+            for c in dict.fromkeys(scores.values()):       # two mechanisms may be scored by one column
+                rows[c].append(_scalar(feat[c]))
+    if not first:
+        return {"rows": 0, "shards": []}, {"steps": 0, "mean": {}}
+    frame = pd.DataFrame(rows)
+    outcomes = step_outcomes(frame, scores, k=int(cfg.get("k", 5)), outcome=cfg.get("outcome", "ndcg"))
+    mechs = list(scores)
+    served = np.random.default_rng(list(seed)).integers(0, len(mechs), len(outcomes))
+    by_step = dict(zip(outcomes["step_id"].tolist(), range(len(outcomes))))
+
+    def chunks(size=4096):
+        order = list(first)
+        for lo in range(0, len(order), size):
+            out = []
+            for s in order[lo:lo + size]:
+                ex, i = first[s], by_step[s]
+                for j, m in enumerate(mechs):
+                    o = float(outcomes[f"O_{m}"].iat[i])
+                    # a list with no click (or, for auc, one class only) has no outcome: 0, as the replay scores it
+                    ex.features.feature[f"outcome_{m}"].float_list.value[:] = [o if np.isfinite(o) else 0.0]
+                    ex.features.feature[f"served_{m}"].float_list.value[:] = [float(served[i] == j)]
+                out.append(ex.SerializeToString())
+            yield b"".join(out), np.concatenate([[0], np.cumsum([len(r) for r in out])]).tolist()
+
+    suffix = ".gz" if compression == "GZIP" else ""
+    rel = f"{split}/part-00000-of-00001.tfrecord{suffix}"
+    (root / split).mkdir(parents=True, exist_ok=True)
+    write_records(root / rel, chunks(), compression)
+    mean = {m: float(np.nanmean(outcomes[f"O_{m}"])) for m in mechs}
+    return {"rows": len(first), "shards": [{"file": rel, "rows": len(first)}]}, {"steps": len(first), "mean": mean}

@@ -65,7 +65,7 @@ def check_replay(cfg: Any, where: str, fail) -> None:
              f"got {scores!r}")
     bad = sorted(set(scores) - set(MECHANISMS))
     if bad:
-        fail(f"{where}.scores.{bad[0]}", f"not a mechanism", f"use {', '.join(MECHANISMS)}")
+        fail(f"{where}.scores.{bad[0]}", "not a mechanism", f"use {', '.join(MECHANISMS)}")
     keep = cfg.get("keep")
     if not isinstance(keep, list) or not keep or not all(isinstance(n, str) for n in keep):
         fail(f"{where}.keep", f"expected a non-empty list of the step's input features, got {keep!r}")

@@ -209,21 +209,27 @@ def _pipeline(data: Path, **extra) -> dict:
                         "rows": {"keep": {"part": [0]}, "splits": ["train"]}}], **extra}
 
 
-def _uplift_pipeline(data: Path) -> dict:
-    """cloud -> device (the step-1 pipeline's final model as a stage) -> the uplift T-learner on part 2's lists."""
+def _uplift_pipeline(data: Path, **final) -> dict:
+    """cloud -> device (the step-1 pipeline's final model as a stage) -> the uplift T-learner on part 2's lists ->
+    the meta controller on the same lists, labelled by the T-learner's estimates."""
     device = _pipeline(data)
-    return {"name": "pipe", "dataset": str(data), "model": "dnn", "epochs": 2, "batch_size": 64,
-            "params": {"dnn_units": [16]},
-            "features": {"keep": ["device_history", "session_history", "session_clicks"]},
-            "join": {**device["join"], "device_score": {"from": "device"}},
-            "rows": {"keep": {"part": [2]}, "splits": ["train"]},
-            "replay": {"scores": {"cloud": "cloud_prior", "device": "device_score", "refresh": "refresh_prior"},
-                       "keep": ["device_history", "session_history", "session_clicks"], "k": 5, "seed": 1},
-            "evaluation": {"splits": ["valid"], "uplift": {"control": "cloud"}},
+    replay = {"scores": {"cloud": "cloud_prior", "device": "device_score", "refresh": "refresh_prior"},
+              "keep": ["device_history", "session_history", "session_clicks"], "k": 5, "seed": 1}
+    common = {"features": {"keep": ["device_history", "session_history", "session_clicks"]},
+              "join": {**device["join"], "device_score": {"from": "device"}},
+              "rows": {"keep": {"part": [2]}, "splits": ["train"]}, "batch_size": 64}
+    return {"name": "pipe", "dataset": str(data), "model": "meta_controller", "epochs": 2,
+            "params": {"dnn_units": [8], "attention_units": [4], "budget": 0.3, "smoothing": 1.0},
+            **common, "replay": {**replay, "choice_from": "uplift"},
+            "evaluation": {"splits": ["valid"], "policy": {"task": "choice", "outcomes": [
+                "outcome_cloud", "outcome_device", "outcome_refresh"]}},
             "stages": [*device["stages"],
                        {"name": "device", "model": "din", "params": device["params"], "features": device["features"],
                         "rows": device["rows"], "join": {"cloud_prior": {"from": "cloud"}},
-                        "evaluation": device["evaluation"]}]}
+                        "evaluation": device["evaluation"]},
+                       {"name": "uplift", "model": "dnn", "params": {"dnn_units": [16]}, "epochs": 2, **common,
+                        "replay": replay, "evaluation": {"splits": ["valid"], "uplift": {"control": "cloud"}}}],
+            **final}
 
 
 def _ndcg5(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -234,11 +240,13 @@ def _ndcg5(labels: np.ndarray, scores: np.ndarray) -> float:
     return dcg / ideal
 
 
-def test_pipeline_cloud_device_and_uplift_t_learner_on_the_replay(ml_sessions, tmp_path, monkeypatch):
+def test_pipeline_cloud_device_uplift_and_controller_on_the_replay(ml_sessions, tmp_path, monkeypatch):
     """The cloud model trains on part 0 without the in-session clicks; its predictions (as trained, and refreshed
     with the device's history) are joined as columns; the on-device model learns a residual on them on part 1; its
     own predictions join after (it reads cloud_prior); part 2's lists become one example each with the three
-    mechanisms' NDCG@5 as masked labels, and a shared-encoder T-learner is scored as an uplift model."""
+    mechanisms' NDCG@5 as masked labels, a shared-encoder T-learner is scored as an uplift model, and the meta
+    controller learns the mechanism of its largest estimate."""
+    from tfrec_zoo._tf import tf
     from training.runs import load_run
     from training.trainer import train
 
@@ -292,7 +300,7 @@ def test_pipeline_cloud_device_and_uplift_t_learner_on_the_replay(ml_sessions, t
     dev_valid = json.loads((run / "device" / "metrics.json").read_text())["valid"]["overall"]["click"]
     assert dev_valid["gauc_groups"] + dev_valid["gauc_groups_skipped"] == extra["steps_per_part"]["3"]
     # the replay: one example per list, the outcomes recomputed plainly from the joined rows
-    _, steps, tlearner = load_run(run, log=lambda *_: None)
+    _, steps, tlearner = load_run(run / "uplift", log=lambda *_: None)
     assert steps.rows("train") == extra["steps_per_part"]["2"] and steps.rows("valid") == extra["steps_per_part"]["3"]
     assert set(tlearner.input_names) == {"device_hist_item_id", "device_history_len", "session_item_id",
                                          "session_history_len", "session_clicks"}      # never which arm served
@@ -308,18 +316,43 @@ def test_pipeline_cloud_device_and_uplift_t_learner_on_the_replay(ml_sessions, t
         for mech, col in (("cloud", "cloud_prior"), ("device", "device_score"), ("refresh", "refresh_prior")):
             np.testing.assert_allclose(got[f"o_{mech}"][i], _ndcg5(cols["click"][rows], cols[col][rows]), rtol=1e-6)
         np.testing.assert_array_equal(got["device_hist_item_id"][i], cols["device_hist_item_id"][rows][0])
-    up = result.metrics["valid"]["uplift"]
+    up = json.loads((run / "uplift" / "metrics.json").read_text())["valid"]["uplift"]
     assert set(up) == {"device", "refresh", "policy"}
     true_device = got["o_device"] - got["o_cloud"]
     np.testing.assert_allclose(up["device"]["ate_true"], true_device.mean(), rtol=1e-5)
     assert up["device"]["treated"] == int(got["served_device"].sum()) and np.isfinite(up["device"]["auuc"])
     np.testing.assert_allclose(up["policy"]["oracle"], np.max([got["o_cloud"], got["o_device"], got["o_refresh"]],
                                                               0).mean(), rtol=1e-5)
-    assert "| valid | device vs control" in (run / "summary.md").read_text()
+    assert "| valid | device vs control" in (run / "uplift" / "summary.md").read_text()
+    # the controller's labels: the mechanism of the T-learner's largest estimate (ties to the cheaper)
+    _, choices, controller = load_run(run, log=lambda *_: None)
+    assert set(controller.input_names) == set(tlearner.input_names)
+    cb = list(choices.dataset("valid", 4096, features=[*controller.input_names, "outcome_cloud", "outcome_device",
+                                                       "outcome_refresh"]))
+    feats = {k: np.concatenate([b[0][k].numpy() for b in cb]) for k in cb[0][0]}
+    est = tlearner.predict_on_batch({k: feats[k] for k in tlearner.input_names})
+    label = np.concatenate([b[1]["choice"].numpy() for b in cb])
+    np.testing.assert_array_equal(label, np.argmax(np.stack([est["cloud"], est["device"], est["refresh"]], 1), 1))
+    np.testing.assert_allclose(feats["outcome_device"], got["o_device"], rtol=1e-6)   # same lists, same order
+    pol = result.metrics["valid"]["policy"]
+    probs = controller.predict_on_batch({k: feats[k] for k in controller.input_names})["choice"]
+    outcomes = np.stack([feats["outcome_cloud"], feats["outcome_device"], feats["outcome_refresh"]], 1)
+    picked = np.argmax(probs, 1)
+    np.testing.assert_allclose(pol["chosen"], outcomes[np.arange(len(picked)), picked].mean(), rtol=1e-5)
+    shares = np.bincount(picked, minlength=3) / len(picked)
+    np.testing.assert_allclose(pol["random_mix"], shares @ outcomes.mean(0), rtol=1e-5)
+    assert pol["last_share"] == pytest.approx(shares[2]) and pol["oracle"] == pytest.approx(up["policy"]["oracle"])
+    # the controller saves and serves as every zoo model does (the protocol's serving_default)
+    controller.save(tmp_path / "controller")
+    served = tf.saved_model.load(str(tmp_path / "controller")).signatures["serving_default"]
+    assert set(served.structured_input_signature[1]) == set(controller.input_names)
+    assert set(served.structured_outputs) == {"choice"}
+    np.testing.assert_allclose(served(**{k: tf.constant(feats[k]) for k in controller.input_names})["choice"].numpy(),
+                               probs, atol=1e-5)
     # started again: every stage, join and the replay are reused, nothing trains
     again = train(parse_experiment(_uplift_pipeline(ml_sessions), "pipe.yaml"), run, verbose=0, log=lambda *_: None)
     assert again.finished_before
-    assert len(list((tmp_path / "data" / "replay").iterdir())) == 1
+    assert len(list((tmp_path / "data" / "replay").iterdir())) == 2               # the lists, + their choices
     assert len(list((tmp_path / "data" / "joined").iterdir())) == 3              # cloud_prior, + refresh, + device
 
 
@@ -335,8 +368,8 @@ def test_pipeline_mistakes_are_one_line_naming_the_key(ml_sessions, tmp_path, mo
                          "pipe.yaml")
     with pytest.raises(ExperimentError, match=r"pipe.yaml: replay.outcome: 'mrr' is not one of ndcg, hit, auc"):
         parse_experiment({**up, "replay": {**up["replay"], "outcome": "mrr"}}, "pipe.yaml")
-    with pytest.raises(ExperimentError, match=r"stages\[1\].evaluation.uplift: expected \{control: TASK"):
-        bad = {**up, "stages": [up["stages"][0], {**up["stages"][1], "evaluation": {"uplift": "cloud"}}]}
+    with pytest.raises(ExperimentError, match=r"stages\[2\].evaluation.uplift: expected \{control: TASK"):
+        bad = {**up, "stages": [*up["stages"][:2], {**up["stages"][2], "evaluation": {"uplift": "cloud"}}]}
         parse_experiment(bad, "pipe.yaml")
 
     monkeypatch.setenv("TFREC_ZOO_DATA", str(tmp_path / "data"))
@@ -413,3 +446,63 @@ def test_replay_steps_carry_the_lists_context_and_name_what_cannot_be_carried(ml
 
     assert parse_spec(spec.to_dict()).fingerprint == spec.fingerprint
     assert spec["served_cloud"].input is False and spec["served_cloud"] in spec.row_features
+
+
+def test_budget_smoothing_targets_by_hand():
+    from tfrec_zoo._tf import tf
+    from tfrec_zoo.models.meta_controller import BudgetSmoothedCrossEntropy
+
+    # predicted argmax 2, 2, 2, 0: a refresh rate of 0.75
+    p = tf.constant([[.1, .3, .6], [.3, .1, .6], [.25, .15, .6], [.7, .1, .2]])
+    y = tf.constant([2.0, 2.0, 1.0, 2.0])
+    smoothed = BudgetSmoothedCrossEntropy(budget=0.5, smoothing=0.4).targets(y, p).numpy()
+    # refresh labels move 0.4 to the most probable other class; a label of another class stays (the last row: the
+    # paper's "second largest class" would be refresh itself there and leave the label whole)
+    np.testing.assert_allclose(smoothed, [[0, .4, .6], [.4, 0, .6], [0, 1, 0], [.4, 0, .6]], atol=1e-7)
+    within = BudgetSmoothedCrossEntropy(budget=0.8, smoothing=0.4).targets(y, p).numpy()   # 0.75 <= 0.8
+    np.testing.assert_array_equal(within, np.eye(3)[[2, 2, 1, 2]])
+    loss = BudgetSmoothedCrossEntropy(budget=0.5, smoothing=0.4)(y, p, sample_weight=tf.constant([1., 0, 1, 1]))
+    want = -(np.log([.3, .6]) @ [.4, .6] + np.log(.15) + np.log([.7, .2]) @ [.4, .6]) / 4
+    np.testing.assert_allclose(float(loss), want, rtol=1e-6)
+
+
+def test_label_smoothing_settles_the_refresh_rate_at_the_budget():
+    """A toy batch where 80% of the counterfactual labels say refresh: plain cross-entropy refreshes every step;
+    with budget-aware smoothing (lambda 1) the predicted refresh rate settles at the budget (the rule is a feedback
+    on the batch's rate: it hovers there, within 0.02 over the last 20 steps)."""
+    from tfrec_zoo._tf import keras, tf
+    from tfrec_zoo.models.meta_controller import BudgetSmoothedCrossEntropy, RefreshRate
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(512, 4)).astype("float32")
+    y = np.where(rng.random(512) < 0.8, 2, rng.integers(0, 2, 512)).astype("float32")
+
+    def refresh_rates(smoothing: float) -> list[float]:
+        tf.random.set_seed(0)
+        model = keras.Sequential([keras.layers.Dense(3, activation="softmax", input_shape=(4,))])
+        loss, opt = BudgetSmoothedCrossEntropy(budget=0.3, smoothing=smoothing), keras.optimizers.Adam(0.01)
+        rates = []
+        for _ in range(200):
+            with tf.GradientTape() as tape:
+                p = model(x)
+                value = loss(y, p)
+            rate = RefreshRate()
+            rate.update_state(y, p)
+            rates.append(float(rate.result()))
+            opt.apply_gradients(zip(tape.gradient(value, model.trainable_variables), model.trainable_variables))
+        return rates[-20:]
+
+    assert min(refresh_rates(0.0)) > 0.9
+    last = refresh_rates(1.0)
+    assert abs(np.mean(last) - 0.3) <= 0.02 and max(last) < 0.4
+
+
+def test_controller_budget_outside_0_1_is_one_line(ml_sessions):
+    with pytest.raises(ExperimentError, match=r"pipe.yaml: params.budget: the share of steps that may be refreshed "
+                                              r"must lie in \(0, 1\], got 1.5"):
+        parse_experiment(_uplift_pipeline(ml_sessions, params={"budget": 1.5}), "pipe.yaml")
+    with pytest.raises(ExperimentError, match=r"params.budget: .* got 0"):
+        parse_experiment(_uplift_pipeline(ml_sessions, params={"budget": 0}), "pipe.yaml")
+    with pytest.raises(ExperimentError, match=r"pipe.yaml: replay.choice_from: 'uplfit' is not an earlier stage"):
+        up = _uplift_pipeline(ml_sessions)
+        parse_experiment({**up, "replay": {**up["replay"], "choice_from": "uplfit"}}, "pipe.yaml")

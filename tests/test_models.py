@@ -97,8 +97,10 @@ def test_model_config_rejects_unknown_and_mistyped_keys():
 _load_all()
 
 
-# lifelong: tests/test_lifelong.py; those needing a domain feature: tests/test_multidomain_models.py
-@pytest.mark.parametrize("name", sorted(set(MODELS) - set(LIFELONG_MODELS) - {"shared_bottom", "ple", "star"}))
+# lifelong: tests/test_lifelong.py; those needing a domain feature: tests/test_multidomain_models.py; the meta
+# controller (one multiclass label over mechanisms): tests/test_device_cloud.py
+@pytest.mark.parametrize("name", sorted(set(MODELS) - set(LIFELONG_MODELS) - {"shared_bottom", "ple", "star",
+                                                                           "meta_controller"}))
 def test_model_trains_saves_reloads_and_serves(name: str, tmp_path: Path):
     spec, art = (SPEC_MD, ART_MD) if name in MULTI_DOMAIN else (SPEC, ART)
     model = build_model(name, spec, art, {})

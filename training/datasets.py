@@ -33,11 +33,12 @@ def experiment_data(exp: Experiment, log=print, run_dir: Path | None = None) -> 
             path, _, problem = str(e).partition(": ")
             raise ExperimentError(exp.source, path, problem) from None
     if exp.replay:
+        from .experiment import resolve_replay
         from .replay_steps import replay_steps
 
         try:
-            data = replay_steps(data, exp.replay, default_data_dir() / "replay", log=log)
-        except ValueError as e:                 # "replay.keep: problem"
+            data = replay_steps(data, resolve_replay(exp.replay, run_dir), default_data_dir() / "replay", log=log)
+        except (ValueError, FileNotFoundError) as e:     # "replay.keep: problem"
             path, _, problem = str(e).partition(": ")
             raise ExperimentError(exp.source, path, problem) from None
     return data

@@ -25,12 +25,12 @@ from tfrec_zoo.features import FeatureSpec
 
 
 def collect(model, dataset, spec: FeatureSpec, max_batches: int | None = None,
-            group_by: str | None = None) -> dict[str, Any]:
-    """Predictions, labels, weights and grouping columns of a whole split, as numpy arrays."""
+            group_by: str | None = None, extra: Collection[str] = ()) -> dict[str, Any]:
+    """Predictions, labels, weights and grouping columns (and `extra` columns) of a whole split, as numpy arrays."""
     import tensorflow as tf
 
     domains = [f.name for f in spec.of_kind("domain")]
-    keep = [c for c in [group_by or spec.keys.get("user"), *domains] if c]
+    keep = [c for c in [group_by or spec.keys.get("user"), *domains, *extra] if c]
     out: dict[str, list] = {}
 
     for i, batch in enumerate(dataset):
@@ -92,14 +92,19 @@ def task_metrics(spec: FeatureSpec, data: dict[str, np.ndarray], rows: np.ndarra
 
 def evaluate_split(model, dataset, spec: FeatureSpec, max_batches: int | None = None,
                    tasks: Collection[str] | None = None, group_by: str | None = None,
-                   uplift: dict | None = None) -> dict[str, Any]:
+                   uplift: dict | None = None, policy: dict | None = None) -> dict[str, Any]:
     """{'overall': {task: metrics}, 'by_domain': {domain: {value: {task: metrics}}}} for `tasks` (default: all);
     GAUC groups rows by `group_by` (default the spec's user key: a session step's list in a replay); with
-    `uplift` ({control, treatments}) also 'uplift': `uplift_metrics`."""
-    data = collect(model, dataset, spec, max_batches, group_by)
+    `uplift` ({control, treatments}) also 'uplift': `uplift_metrics`; with `policy` ({task, outcomes}) also
+    'policy': `policy_metrics`."""
+    data = collect(model, dataset, spec, max_batches, group_by, extra=(policy or {}).get("outcomes", ()))
     result: dict[str, Any] = {"overall": task_metrics(spec, data, tasks=tasks, group_by=group_by)}
     if uplift:
         result["uplift"] = uplift_metrics(data, uplift["control"], uplift["treatments"])
+    if policy:
+        result["policy"] = policy_metrics(data[f"pred/{policy['task']}"],
+                                          np.stack([data[f"key/{c}"] for c in policy["outcomes"]], 1),
+                                          policy.get("names") or policy["outcomes"])
     for f in spec.of_kind("domain"):
         values = data.get(f"key/{f.name}")
         if values is None:
@@ -153,6 +158,44 @@ def uplift_metrics(data: dict[str, np.ndarray], control: str, treatments: Collec
     policy["predicted_best_share"] = {t: float(np.mean(chosen == i)) for i, t in enumerate(arms)}
     out["policy"] = policy
     return out
+
+
+def policy_metrics(probs: np.ndarray, outcomes: np.ndarray, names: list[str]) -> dict[str, Any]:
+    """A chooser's value: `probs` [N, C] (a multiclass task over arms), `outcomes` [N, C] every arm's outcome on
+    every example (a replay knows them). 'chosen': the mean outcome of each example's most probable arm, with the
+    arms' shares (the last arm's share is the refresh rate of a device-cloud controller); 'always_<arm>': one arm
+    for every example; 'random_mix': the expected outcome of drawing arms at random with the chooser's shares
+    (RMixRec); 'oracle': the best arm of every example."""
+    probs, outcomes = np.asarray(probs, float), np.asarray(outcomes, float)
+    choice = np.argmax(probs, 1)
+    shares = np.bincount(choice, minlength=outcomes.shape[1]) / max(len(choice), 1)
+    means = outcomes.mean(0)
+    out: dict[str, Any] = {"chosen": float(outcomes[np.arange(len(choice)), choice].mean()),
+                           "random_mix": float(shares @ means), "oracle": float(outcomes.max(1).mean())}
+    out.update({f"always_{n}": float(m) for n, m in zip(names, means)})
+    out["shares"] = {n: float(v) for n, v in zip(names, shares)}
+    out["last_share"] = float(shares[-1])
+    return out
+
+
+def check_policy(exp, spec: FeatureSpec) -> dict | None:
+    """`evaluation.policy: {task, outcomes: [COLUMN per class]}` checked against `spec` (before training)."""
+    from .experiment import ExperimentError
+
+    pol = (exp.evaluation or {}).get("policy")
+    if not pol:
+        return None
+    tasks = {lab.task: lab for lab in spec.labels if lab.type == "multiclass"}
+    if pol.get("task") not in tasks:
+        raise ExperimentError(exp.source, "evaluation.policy.task", f"{pol.get('task')!r} is not a multiclass task "
+                              f"of {spec.source} (those: {', '.join(tasks) or 'none'})")
+    columns = {f.name for f in spec.row_features if f.kind == "dense"}
+    outs = pol.get("outcomes") or []
+    if len(outs) != tasks[pol["task"]].num_classes or any(c not in columns for c in outs):
+        raise ExperimentError(exp.source, "evaluation.policy.outcomes", f"expected {tasks[pol['task']].num_classes} "
+                              f"dense columns of {spec.source} (one per class, in class order), got {outs!r}")
+    names = [c.removeprefix("outcome_") for c in outs]
+    return {"task": pol["task"], "outcomes": list(outs), "names": names}
 
 
 def check_uplift(exp, spec: FeatureSpec) -> dict | None:
@@ -218,6 +261,11 @@ def format_table(results: dict[str, dict]) -> str:
 def _uplift_table(results: dict[str, dict]) -> list[str]:
     rows = []
     for split, res in results.items():
+        pol = res.get("policy")
+        if pol:
+            cells = ", ".join(f"{k} {v:.4f}" for k, v in pol.items() if isinstance(v, float))
+            shares = ", ".join(f"{k} {v:.1%}" for k, v in pol["shares"].items())
+            rows.append(f"| {split} | chosen arm (mean outcome; shares {shares}) | {cells} |")
         up = res.get("uplift") or {}
         for arm, m in up.items():
             if arm == "policy":
@@ -227,7 +275,7 @@ def _uplift_table(results: dict[str, dict]) -> list[str]:
                 cells = ", ".join(f"{k} {m[k]:.4f}" for k in ("auuc", "qini", "ate_true", "ate_pred", "corr_true")
                                   if isinstance(m.get(k), float))
                 rows.append(f"| {split} | {arm} vs control ({m['treated']} / {m['control']}) | {cells} |")
-    return ["| split | uplift | metrics |", "|---|---|---|", *rows] if rows else []
+    return ["| split | uplift / policy | metrics |", "|---|---|---|", *rows] if rows else []
 
 
 def _domain_table(results: dict[str, dict]) -> list[str]:
@@ -301,14 +349,16 @@ def _pointwise(exp, model, data) -> tuple[dict, str]:
     ev = exp.evaluation or {}
     group_by = check_group_by(exp, data.spec)
     uplift = check_uplift(exp, data.spec)
+    policy = check_policy(exp, data.spec)
     results = {}
     for split in ev.get("splits", ["valid", "test"]):
         if split in data.manifest["splits"]:
             # the model's inputs plus what metrics group by (GAUC's groups, domains)
-            keys = [c for c in [group_by, *(f.name for f in data.spec.of_kind("domain"))] if c]
+            keys = [c for c in [group_by, *(f.name for f in data.spec.of_kind("domain")),
+                                *(policy or {}).get("outcomes", ())] if c]
             ds = data.dataset(split, 4096, features=list(dict.fromkeys(list(model.input_names) + keys)))
             results[split] = evaluate_split(model, ds, data.spec, ev.get("max_batches"), trained_tasks(model),
-                                            group_by, uplift)
+                                            group_by, uplift, policy)
     return results, ""
 
 

@@ -105,7 +105,7 @@ _REQUIRED = ("name", "dataset", "model")
 _SUBKEYS = {"optimizer": {"name", "learning_rate", "clipnorm"},
             "early_stopping": {"monitor", "mode", "patience", "min_delta"},
             "evaluation": {"splits", "group_by", "domain", "max_batches", "ks", "max_users", "modes", "max_rows",
-                           "uplift"},
+                           "uplift", "policy"},
             "pretrain": {"model", "dataset", "rows", "params", "losses", "epochs", "optimizer", "batch_size", "include",
                          "exclude", "freeze", "freeze_level"},
             "features": {"keep", "drop"},
@@ -195,6 +195,7 @@ def parse_experiment(raw: Any, source: str = "<memory>", overrides: list[str] | 
         check_join(exp.join, "join", earlier, fail)
     if exp.replay is not None:
         check_replay(exp.replay, "replay", fail)
+        _check_choice_from(exp.replay, "replay", [st["name"] for st in as_stages(exp)[0]], fail)
     _check_uplift(exp.evaluation, "evaluation", fail, exp.replay)
     if exp.early_stopping and "monitor" not in exp.early_stopping:
         fail("early_stopping.monitor", "is required", "name a metric, e.g. val_like_auc")
@@ -250,6 +251,20 @@ def _check_features(selection, where: str, fail) -> None:
     names = next(iter(selection.values()))
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         fail(f"{where}.{next(iter(selection))}", f"expected a non-empty list of feature names, got {names!r}")
+
+
+def _check_choice_from(replay: dict, where: str, earlier: list[str], fail) -> None:
+    src = replay.get("choice_from")
+    if src is not None and "/" not in src and src not in earlier:
+        fail(f"{where}.choice_from", f"{src!r} is not an earlier stage" + (
+            f" (earlier: {', '.join(earlier)})" if earlier else " (no stage before it)"))
+
+
+def resolve_replay(replay: dict | None, run_dir) -> dict | None:
+    """`choice_from: STAGE` -> that stage's run directory RUN_DIR/STAGE (a path stays as it is)."""
+    if not replay or not replay.get("choice_from") or run_dir is None or "/" in replay["choice_from"]:
+        return replay
+    return {**replay, "choice_from": str(Path(run_dir) / replay["choice_from"])}
 
 
 def _check_uplift(evaluation: dict, where: str, fail, replay: dict | None = None) -> None:
@@ -313,6 +328,7 @@ def _check_stages(exp: Experiment, fail) -> None:
             check_join(st["join"], f"{where}.join", names, fail)
         if "replay" in st:
             check_replay(st["replay"], f"{where}.replay", fail)
+            _check_choice_from(st["replay"], f"{where}.replay", names, fail)
         if "evaluation" in st:
             for sub in st["evaluation"]:
                 if sub not in _SUBKEYS["evaluation"]:
@@ -333,7 +349,7 @@ def stage_experiment(exp: Experiment, stage: dict, run_dir) -> Experiment:
     if restore and "from" in restore:
         restore["checkpoint"] = str(Path(run_dir) / restore.pop("from"))
     return Experiment(name=f"{exp.name}-{stage['name']}", dataset=stage.get("dataset", exp.dataset),
-                      rows=stage.get("rows"), features=stage.get("features"), replay=stage.get("replay"),
+                      rows=stage.get("rows"), features=stage.get("features"), replay=resolve_replay(stage.get("replay"), run_dir),
                       join=resolve_join(stage["join"], run_dir) if stage.get("join") else None,
                       model=stage["model"], params=dict(stage.get("params", {})), tasks=dict(stage.get("tasks", {})),
                       losses=dict(stage.get("losses", {})), optimizer=stage.get("optimizer", exp.optimizer),

@@ -48,7 +48,7 @@ from tfrec_zoo.features.spec import MultiHotFeature, SequenceFeature, parse_spec
 
 from .replay import MECHANISMS, step_outcomes
 
-REPLAY_KEYS = {"scores", "keep", "outcome", "k", "seed"}
+REPLAY_KEYS = {"scores", "keep", "outcome", "k", "seed", "choice_from"}
 OUTCOMES = ("ndcg", "hit", "auc")
 
 
@@ -71,6 +71,9 @@ def check_replay(cfg: Any, where: str, fail) -> None:
         fail(f"{where}.keep", f"expected a non-empty list of the step's input features, got {keep!r}")
     if cfg.get("outcome", "ndcg") not in OUTCOMES:
         fail(f"{where}.outcome", f"{cfg.get('outcome')!r} is not one of {', '.join(OUTCOMES)}")
+    if "choice_from" in cfg and not isinstance(cfg["choice_from"], str):
+        fail(f"{where}.choice_from", f"expected the name of an earlier stage (the uplift model), got "
+             f"{cfg['choice_from']!r}")
     for key in ("k", "seed"):
         v = cfg.get(key, 5 if key == "k" else 0)
         if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "k" else 0):
@@ -97,6 +100,24 @@ def step_spec_dict(parent_spec, cfg: dict) -> dict:
                          "doc": f"the {m} mechanism's {cfg.get('outcome', 'ndcg')} of the list (counts where served)"})
     return {"name": f"{spec.name}-steps", "description": f"one example per list of {spec.name} (training/steps.py)",
             "keys": {"user": user, "query": step}, "features": features}
+
+
+def choice_spec_dict(step_spec, mechs: list[str]) -> dict:
+    """The controller's spec: the step spec with its outcome labels turned into `input: false` columns (the
+    evaluation reads them) and one multiclass label `choice` over `mechs` (MECHANISMS order: refresh, the
+    budgeted mechanism, is the last class when present)."""
+    raw = step_spec.to_dict()
+    features = []
+    for d in raw["features"]:
+        if d["kind"] == "label":
+            d = {"name": d["name"], "kind": "dense", "normalization": "none", "input": False,
+                 "doc": d.get("doc", "")}
+        features.append(d)
+    features.append({"name": "choice", "kind": "label", "task": "choice", "type": "multiclass",
+                     "num_classes": len(mechs),
+                     "doc": "the counterfactual label: the mechanism of the largest estimated outcome (classes: "
+                            + ", ".join(mechs) + "; ties to the cheaper)"})
+    return {**raw, "name": f"{step_spec.name}-choice", "features": features}
 
 
 def _own_dropped_tables(spec, features: list[dict]) -> None:
@@ -149,7 +170,12 @@ def replay_dir(parent: DatasetDir, cfg: dict, out_root: Path) -> Path:
 
 def replay_steps(parent: DatasetDir, cfg: dict, out_root: str | Path, *, where: str = "replay",
                  log: Callable[[str], Any] = print) -> DatasetDir:
-    """The step dataset of `parent` (module docstring), written on first use."""
+    """The step dataset of `parent` (module docstring), written on first use; with `choice_from` (a resolved
+    run directory), the controller's dataset made from it (`choice_dataset`)."""
+    if cfg.get("choice_from"):
+        steps = replay_steps(parent, {k: v for k, v in cfg.items() if k != "choice_from"}, out_root, where=where,
+                             log=log)
+        return choice_dataset(steps, cfg["choice_from"], out_root, where=f"{where}.choice_from", log=log)
     spec = parent.spec
     columns = {f.name: f for f in spec.row_features}
     for key in ("user", "query"):
@@ -198,6 +224,93 @@ def replay_steps(parent: DatasetDir, cfg: dict, out_root: str | Path, *, where: 
     for split, c in counts.items():
         log(f"  {split}: {c['steps']:,} lists; mean outcome " + ", ".join(f"{m} {v:.4f}" for m, v in c["mean"].items()))
     return open_dataset(out)
+
+
+def choice_dataset(steps: DatasetDir, run: str | Path, out_root: str | Path, *, where: str = "choice_from",
+                   log: Callable[[str], Any] = print) -> DatasetDir:
+    """`steps` with the counterfactual label `choice` of every example: the run's model (an uplift model with a
+    task per mechanism, trained on `steps`) predicts each mechanism's outcome, and the label is the mechanism of
+    the largest prediction, ties to the cheaper (`counterfactual_label`: the largest estimated uplift over the
+    cloud ranking). The outcome labels become `input: false` columns. Written once per steps dataset and model."""
+    from .join import _model_identity
+    from .predict import predictions
+    from .runs import load_run
+
+    run = Path(run)
+    if not (run / "model").exists():
+        raise FileNotFoundError(f"{where}: {run} holds no trained model (its stage has not finished?)")
+    mechs = [m for m in MECHANISMS if f"outcome_{m}" in {lab.name for lab in steps.spec.labels}]
+    key = {"steps": hashlib.sha256((steps.path / "manifest.json").read_bytes()).hexdigest(),
+           "model": _model_identity(run)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    out = Path(out_root) / f"{steps.path.name}.choice-{digest}"
+    if (out / "manifest.json").exists():
+        return open_dataset(out)
+    _, _, model = load_run(run, log=lambda *_: None)
+    missing = [m for m in mechs if m not in model.task_names]
+    if missing:
+        raise ValueError(f"{where}: {run}'s model has no task for {missing} (its tasks: {model.task_names}); name "
+                         "the uplift stage, whose tasks are the mechanisms")
+    spec = parse_spec(choice_spec_dict(steps.spec, mechs), source=f"{steps.spec.source} (choice)")
+    log(f"labelling {steps.path} with the choices of {run}'s estimates into {out}")
+    tmp = staging.staging_dir(out)
+    try:
+        import yaml
+
+        manifest = json.loads((steps.path / "manifest.json").read_text())
+        shares = {}
+        for split in list(manifest["splits"]):
+            frame = predictions(model, steps, split)
+            est = np.stack([np.asarray(frame[m], float) for m in mechs], 1)
+            choice = np.argmax(est, 1)                   # the first of equal maxima: the cheaper mechanism
+            manifest["splits"][split] = _add_column(steps, split, "choice", choice, tmp, as_int=False)
+            shares[split] = {m: float(np.mean(choice == i)) for i, m in enumerate(mechs)}
+        (tmp / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        manifest["spec_fingerprint"] = spec.fingerprint
+        manifest["extra"] = {**manifest.get("extra", {}), "choice": {"from": str(run), "classes": mechs,
+                                                                      "shares": shares}}
+        shutil.copytree(steps.path / ARTIFACTS_DIR, tmp / ARTIFACTS_DIR)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        staging.publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for split, sh in shares.items():
+        log(f"  {split}: choices " + ", ".join(f"{m} {v:.1%}" for m, v in sh.items()))
+    return open_dataset(out)
+
+
+def _add_column(data: DatasetDir, split: str, column: str, values: np.ndarray, root: Path, *, as_int: bool) -> dict:
+    """The split's records in file order with `column` (one value per record) added; its manifest entry."""
+    import tensorflow as tf
+
+    from tfrec_zoo.data.writer import write_records
+
+    compression = data.manifest.get("compression", "GZIP")
+    if len(values) != data.rows(split):
+        raise ValueError(f"{data.path}: {split} has {data.rows(split)} rows but {len(values)} values for {column}")
+    ds = tf.data.TFRecordDataset([str(f) for f in data.files(split)], compression_type=compression).batch(8192)
+    pos = 0
+
+    def chunks():
+        nonlocal pos
+        for batch in ds:
+            out = []
+            for raw in batch.numpy():
+                ex = tf.train.Example.FromString(raw)
+                if as_int:
+                    ex.features.feature[column].int64_list.value.append(int(values[pos]))
+                else:
+                    ex.features.feature[column].float_list.value.append(float(values[pos]))
+                out.append(ex.SerializeToString())
+                pos += 1
+            yield b"".join(out), np.concatenate([[0], np.cumsum([len(r) for r in out])]).tolist()
+
+    suffix = ".gz" if compression == "GZIP" else ""
+    rel = f"{split}/part-00000-of-00001.tfrecord{suffix}"
+    (root / split).mkdir(parents=True, exist_ok=True)
+    write_records(root / rel, chunks(), compression)
+    return {"rows": pos, "shards": [{"file": rel, "rows": pos}]}
 
 
 def _write_split(parent: DatasetDir, split: str, cfg: dict, label: str, root: Path, *, seed, where: str):

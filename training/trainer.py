@@ -117,11 +117,12 @@ def _train(exp: Experiment, run_dir: Path, data: DatasetDir | None, *, strategy,
         exp = _run_stages(exp, run_dir, strategy, verbose, log)
     if data is None:
         data = experiment_data(exp, log, run_dir)
-    if evaluate and ((exp.evaluation or {}).get("group_by") or (exp.evaluation or {}).get("uplift")):
-        from .evaluation import check_group_by, check_uplift
+    if evaluate and any((exp.evaluation or {}).get(k) for k in ("group_by", "uplift", "policy")):
+        from .evaluation import check_group_by, check_policy, check_uplift
 
         check_group_by(exp, data.spec)
         check_uplift(exp, data.spec)
+        check_policy(exp, data.spec)
     elif exp.restore and "from" in exp.restore:
         raise ModelBuildError(f"{exp.source}: restore.from: {exp.restore['from']!r} names no stage")
     strategy = strategy or tf.distribute.get_strategy()

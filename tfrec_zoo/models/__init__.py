@@ -60,7 +60,13 @@ def model_config(name: str, params: dict | None = None, source: str = "model") -
             raise ValueError(f"{source}.{key}: expected an integer, got {value!r}")
         elif isinstance(default, str) and not isinstance(value, str):
             raise ValueError(f"{source}.{key}: expected a string, got {value!r}")
-    return cls(**params)
+    cfg = cls(**params)
+    if hasattr(cfg, "check"):               # a config's own rules on values ("budget: must lie in (0, 1]")
+        try:
+            cfg.check()
+        except ValueError as e:
+            raise ValueError(f"{source}.{e}") from None
+    return cfg
 
 
 def build_model(name: str, spec, artifacts, params: dict | None = None, source: str = "model"):
@@ -81,5 +87,5 @@ def _build(name: str, spec, artifacts, cfg):
 
 
 def _load_all() -> None:
-    from . import (deepfm, din, dnn, macdae, mmoe, multi_interest, nfm, ple, seminar,  # noqa: F401
-                   seminar_psu, shared_bottom, sr_foundation, star, two_tower)  # each registers itself
+    from . import (deepfm, din, dnn, macdae, meta_controller, mmoe, multi_interest, nfm, ple,  # noqa: F401
+                   seminar, seminar_psu, shared_bottom, sr_foundation, star, two_tower)  # each registers itself

@@ -228,7 +228,10 @@ def _uplift_pipeline(data: Path, **final) -> dict:
                         "rows": device["rows"], "join": {"cloud_prior": {"from": "cloud"}},
                         "evaluation": device["evaluation"]},
                        {"name": "uplift", "model": "dnn", "params": {"dnn_units": [16]}, "epochs": 2, **common,
-                        "replay": replay, "evaluation": {"splits": ["valid"], "uplift": {"control": "cloud"}}}],
+                        "replay": replay, "evaluation": {"splits": ["valid"], "uplift": {"control": "cloud"}}},
+                       {"name": "xlearner", "model": "dnn", "params": {"dnn_units": [16]}, "epochs": 1, **common,
+                        "replay": {**replay, "xlearner_from": "uplift"},
+                        "evaluation": {"splits": ["valid"], "uplift": {"control": "cloud"}}}],
             **final}
 
 
@@ -342,6 +345,24 @@ def test_pipeline_cloud_device_uplift_and_controller_on_the_replay(ml_sessions, 
     shares = np.bincount(picked, minlength=3) / len(picked)
     np.testing.assert_allclose(pol["random_mix"], shares @ outcomes.mean(0), rtol=1e-5)
     assert pol["last_share"] == pytest.approx(shares[2]) and pol["oracle"] == pytest.approx(up["policy"]["oracle"])
+    # the X-learner's second stage: imputed effects against the T-learner's estimates, each on its own arm's lists
+    _, xdata, xlearner = load_run(run / "xlearner", log=lambda *_: None)
+    xb = list(xdata.dataset("valid", 4096, features=[*tlearner.input_names, "outcome_cloud", "outcome_device"]))
+    xf = {k: np.concatenate([b[0][k].numpy() for b in xb]) for k in xb[0][0]}
+    mu = tlearner.predict_on_batch({k: xf[k] for k in tlearner.input_names})
+    d_treated = np.concatenate([b[1]["effect_device_treated"].numpy() for b in xb])
+    w_treated = np.concatenate([b[2]["effect_device_treated"].numpy() for b in xb])
+    d_control = np.concatenate([b[1]["effect_device_control"].numpy() for b in xb])
+    w_control = np.concatenate([b[2]["effect_device_control"].numpy() for b in xb])
+    np.testing.assert_array_equal(w_treated, got["served_device"])
+    np.testing.assert_array_equal(w_control, got["served_cloud"])
+    on = w_treated > 0
+    np.testing.assert_allclose(d_treated[on], (xf["outcome_device"] - mu["cloud"])[on], atol=1e-5)
+    on = w_control > 0
+    np.testing.assert_allclose(d_control[on], (mu["device"] - xf["outcome_cloud"])[on], atol=1e-5)
+    assert "served_device" not in xlearner.input_names
+    xup = json.loads((run / "xlearner" / "metrics.json").read_text())["valid"]["uplift"]
+    assert xup["device"]["ate_true"] == pytest.approx(up["device"]["ate_true"]) and np.isfinite(xup["device"]["auuc"])
     # the controller saves and serves as every zoo model does (the protocol's serving_default)
     controller.save(tmp_path / "controller")
     served = tf.saved_model.load(str(tmp_path / "controller")).signatures["serving_default"]
@@ -352,7 +373,7 @@ def test_pipeline_cloud_device_uplift_and_controller_on_the_replay(ml_sessions, 
     # started again: every stage, join and the replay are reused, nothing trains
     again = train(parse_experiment(_uplift_pipeline(ml_sessions), "pipe.yaml"), run, verbose=0, log=lambda *_: None)
     assert again.finished_before
-    assert len(list((tmp_path / "data" / "replay").iterdir())) == 2               # the lists, + their choices
+    assert len(list((tmp_path / "data" / "replay").iterdir())) == 3      # the lists, + their choices, + X targets
     assert len(list((tmp_path / "data" / "joined").iterdir())) == 3              # cloud_prior, + refresh, + device
 
 

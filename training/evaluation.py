@@ -97,10 +97,11 @@ def evaluate_split(model, dataset, spec: FeatureSpec, max_batches: int | None = 
     GAUC groups rows by `group_by` (default the spec's user key: a session step's list in a replay); with
     `uplift` ({control, treatments}) also 'uplift': `uplift_metrics`; with `policy` ({task, outcomes}) also
     'policy': `policy_metrics`."""
-    data = collect(model, dataset, spec, max_batches, group_by, extra=(policy or {}).get("outcomes", ()))
+    extra = [*(policy or {}).get("outcomes", ()), *uplift_columns(uplift)]
+    data = collect(model, dataset, spec, max_batches, group_by, extra=extra)
     result: dict[str, Any] = {"overall": task_metrics(spec, data, tasks=tasks, group_by=group_by)}
     if uplift:
-        result["uplift"] = uplift_metrics(data, uplift["control"], uplift["treatments"])
+        result["uplift"] = uplift_metrics(data, uplift["control"], uplift["treatments"], uplift.get("xlearner", False))
     if policy:
         result["policy"] = policy_metrics(data[f"pred/{policy['task']}"],
                                           np.stack([data[f"key/{c}"] for c in policy["outcomes"]], 1),
@@ -116,43 +117,67 @@ def evaluate_split(model, dataset, spec: FeatureSpec, max_batches: int | None = 
     return result
 
 
-def uplift_metrics(data: dict[str, np.ndarray], control: str, treatments: Collection[str]) -> dict[str, Any]:
-    """Uplift of each treatment task over the `control` task, from `collect`'s arrays: predictions `pred/<task>`
-    (the expected outcome under that arm), labels `label/<task>` (the outcome under that arm) and weights
-    `weight/<task>` (1 where that arm served the example). Per treatment t, with tau_hat = pred_t - pred_control:
-    * auuc / qini (tfrec_zoo.metrics.uplift) on the examples served by t or the control, the served arm's label as
-      the outcome: how uplift models are scored on a randomized log;
-    * where every arm's outcome is known for every example (a replay: the labels hold them all, the weights say
-      which arm served), the true uplift tau = label_t - label_control: its mean (the ATE), the mean of tau_hat,
-      and their Pearson correlation.
-    'policy': the mean outcome of serving every example with one arm, with the arm of the largest predicted
-    uplift (the counterfactual label, ties to the control), and with the best arm per example (the oracle)."""
+def uplift_metrics(data: dict[str, np.ndarray], control: str, treatments: Collection[str],
+                   xlearner: bool = False) -> dict[str, Any]:
+    """Uplift of each treatment over the `control` arm, from `collect`'s arrays.
+
+    T-learner (a task per arm): predictions `pred/<arm>` (the expected outcome under that arm), labels
+    `label/<arm>` (the outcome under that arm) and weights `weight/<arm>` (1 where that arm served the example);
+    tau_hat = pred_t - pred_control. X-learner (`xlearner`: tasks `effect_<t>_treated` / `effect_<t>_control`,
+    training/replay_steps.py): tau_hat = (tau_0 + tau_1) / 2 (the propensity of t among t and the control is 1/2
+    under the replay's uniform assignment), the outcomes from the columns `key/outcome_<arm>` and who was served
+    from the two heads' weights. `uplift_report` then scores them."""
     arms = [control, *treatments]
+    if xlearner:
+        tau_hat, served = {}, {}
+        for t in treatments:
+            for side in ("treated", "control"):
+                if f"pred/effect_{t}_{side}" not in data:
+                    raise ValueError(f"evaluation.uplift: the model has no task effect_{t}_{side} (an X-learner "
+                                     "has two per treatment: `replay: {xlearner_from: STAGE}`)")
+            tau_hat[t] = 0.5 * (data[f"pred/effect_{t}_treated"] + data[f"pred/effect_{t}_control"])
+            served[t] = data[f"weight/effect_{t}_treated"] > 0
+            served[control] = data[f"weight/effect_{t}_control"] > 0
+        outcome = {a: data[f"key/outcome_{a}"].astype(np.float64) for a in arms}
+        return uplift_report(tau_hat, served, outcome, control)
     for t in arms:
         if f"pred/{t}" not in data:
             raise ValueError(f"evaluation.uplift: {t!r} is not a task of the model (its tasks: "
                              f"{sorted(k[5:] for k in data if k.startswith('pred/'))})")
     pred = {t: data[f"pred/{t}"].astype(np.float64) for t in arms}
-    label = {t: data[f"label/{t}"].astype(np.float64) for t in arms}
-    served = {t: data[f"weight/{t}"] > 0 for t in arms}
+    return uplift_report({t: pred[t] - pred[control] for t in treatments}, {t: data[f"weight/{t}"] > 0 for t in arms},
+                         {t: data[f"label/{t}"].astype(np.float64) for t in arms}, control)
+
+
+def uplift_report(tau_hat: dict[str, np.ndarray], served: dict[str, np.ndarray], outcome: dict[str, np.ndarray],
+                  control: str) -> dict[str, Any]:
+    """Per treatment t (`tau_hat[t]` its estimated uplift over `control`, `served[arm]` where each arm served,
+    `outcome[arm]` each arm's outcome on every example):
+    * auuc / qini (tfrec_zoo.metrics.uplift) on the examples served by t or the control, the served arm's outcome
+      as the outcome: how uplift models are scored on a randomized log;
+    * where every arm's outcome is known for every example (a replay), the true uplift tau = outcome_t -
+      outcome_control: its mean (the ATE), the mean of tau_hat, and their Pearson correlation.
+    'policy': the mean outcome of serving every example with one arm, with the arm of the largest estimated uplift
+    (the counterfactual label, ties to the control), and with the best arm per example (the oracle)."""
+    treatments = list(tau_hat)
+    arms = [control, *treatments]
     out: dict[str, Any] = {}
     for t in treatments:
-        tau_hat = pred[t] - pred[control]
         rows = served[t] | served[control]
         treated = served[t][rows]
         entry: dict[str, Any] = {"treated": int(treated.sum()), "control": int((~treated).sum())}
         if entry["treated"] and entry["control"]:
-            observed = np.where(treated, label[t][rows], label[control][rows])
-            entry.update(auuc=M.auuc(treated.astype(int), observed, tau_hat[rows]),
-                         qini=M.qini(treated.astype(int), observed, tau_hat[rows]))
-        tau = label[t] - label[control]
-        entry.update(ate_true=float(tau.mean()), ate_pred=float(tau_hat.mean()),
-                     corr_true=float(np.corrcoef(tau_hat, tau)[0, 1]) if tau.std() > 0 and tau_hat.std() > 0
+            observed = np.where(treated, outcome[t][rows], outcome[control][rows])
+            entry.update(auuc=M.auuc(treated.astype(int), observed, tau_hat[t][rows]),
+                         qini=M.qini(treated.astype(int), observed, tau_hat[t][rows]))
+        tau = outcome[t] - outcome[control]
+        entry.update(ate_true=float(tau.mean()), ate_pred=float(tau_hat[t].mean()),
+                     corr_true=float(np.corrcoef(tau_hat[t], tau)[0, 1]) if tau.std() > 0 and tau_hat[t].std() > 0
                      else float("nan"))
         out[t] = entry
-    chosen = np.argmax(np.stack([np.zeros_like(pred[control])] + [pred[t] - pred[control] for t in treatments], 1), 1)
-    outcomes = np.stack([label[t] for t in arms], 1)
-    policy = {f"always_{t}": float(label[t].mean()) for t in arms}
+    chosen = np.argmax(np.stack([np.zeros_like(outcome[control])] + [tau_hat[t] for t in treatments], 1), 1)
+    outcomes = np.stack([outcome[t] for t in arms], 1)
+    policy = {f"always_{t}": float(outcome[t].mean()) for t in arms}
     policy["predicted_best"] = float(outcomes[np.arange(len(chosen)), chosen].mean())
     policy["oracle"] = float(outcomes.max(axis=1).mean())
     policy["predicted_best_share"] = {t: float(np.mean(chosen == i)) for i, t in enumerate(arms)}
@@ -176,6 +201,13 @@ def policy_metrics(probs: np.ndarray, outcomes: np.ndarray, names: list[str]) ->
     out["shares"] = {n: float(v) for n, v in zip(names, shares)}
     out["last_share"] = float(shares[-1])
     return out
+
+
+def uplift_columns(uplift: dict | None) -> list[str]:
+    """The outcome columns an X-learner's uplift evaluation reads (a T-learner's outcomes are its labels)."""
+    if not uplift or not uplift.get("xlearner"):
+        return []
+    return [f"outcome_{a}" for a in [uplift["control"], *uplift["treatments"]]]
 
 
 def check_policy(exp, spec: FeatureSpec) -> dict | None:
@@ -206,6 +238,15 @@ def check_uplift(exp, spec: FeatureSpec) -> dict | None:
     up = (exp.evaluation or {}).get("uplift")
     if not up:
         return None
+    effects = [lab.task for lab in spec.labels if lab.task.startswith("effect_") and lab.task.endswith("_treated")]
+    if effects:                     # an X-learner's dataset: the arms are its outcome columns
+        treatments = up.get("treatments") or [t[len("effect_"):-len("_treated")] for t in effects]
+        columns = {f.name for f in spec.row_features}
+        for t in [up["control"], *treatments]:
+            if f"outcome_{t}" not in columns:
+                raise ExperimentError(exp.source, "evaluation.uplift", f"{t!r}: {spec.source} has no column "
+                                      f"outcome_{t}")
+        return {"control": up["control"], "treatments": treatments, "xlearner": True}
     tasks = [lab.task for lab in spec.labels if lab.type in ("binary", "regression")]
     treatments = up.get("treatments") or [t for t in tasks if t != up["control"]]
     for key, names in (("control", [up["control"]]), ("treatments", treatments)):
@@ -355,7 +396,7 @@ def _pointwise(exp, model, data) -> tuple[dict, str]:
         if split in data.manifest["splits"]:
             # the model's inputs plus what metrics group by (GAUC's groups, domains)
             keys = [c for c in [group_by, *(f.name for f in data.spec.of_kind("domain")),
-                                *(policy or {}).get("outcomes", ())] if c]
+                                *(policy or {}).get("outcomes", ()), *uplift_columns(uplift)] if c]
             ds = data.dataset(split, 4096, features=list(dict.fromkeys(list(model.input_names) + keys)))
             results[split] = evaluate_split(model, ds, data.spec, ev.get("max_batches"), trained_tasks(model),
                                             group_by, uplift, policy)

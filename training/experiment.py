@@ -253,18 +253,23 @@ def _check_features(selection, where: str, fail) -> None:
         fail(f"{where}.{next(iter(selection))}", f"expected a non-empty list of feature names, got {names!r}")
 
 
+_FROM_KEYS = ("choice_from", "xlearner_from")
+
+
 def _check_choice_from(replay: dict, where: str, earlier: list[str], fail) -> None:
-    src = replay.get("choice_from")
-    if src is not None and "/" not in src and src not in earlier:
-        fail(f"{where}.choice_from", f"{src!r} is not an earlier stage" + (
-            f" (earlier: {', '.join(earlier)})" if earlier else " (no stage before it)"))
+    for key in _FROM_KEYS:
+        src = replay.get(key)
+        if src is not None and "/" not in src and src not in earlier:
+            fail(f"{where}.{key}", f"{src!r} is not an earlier stage" + (
+                f" (earlier: {', '.join(earlier)})" if earlier else " (no stage before it)"))
 
 
 def resolve_replay(replay: dict | None, run_dir) -> dict | None:
-    """`choice_from: STAGE` -> that stage's run directory RUN_DIR/STAGE (a path stays as it is)."""
-    if not replay or not replay.get("choice_from") or run_dir is None or "/" in replay["choice_from"]:
+    """`choice_from` / `xlearner_from: STAGE` -> that stage's run directory RUN_DIR/STAGE (a path stays)."""
+    if not replay or run_dir is None:
         return replay
-    return {**replay, "choice_from": str(Path(run_dir) / replay["choice_from"])}
+    return {**replay, **{k: str(Path(run_dir) / replay[k]) for k in _FROM_KEYS
+                         if replay.get(k) and "/" not in replay[k]}}
 
 
 def _check_uplift(evaluation: dict, where: str, fail, replay: dict | None = None) -> None:
@@ -349,7 +354,8 @@ def stage_experiment(exp: Experiment, stage: dict, run_dir) -> Experiment:
     if restore and "from" in restore:
         restore["checkpoint"] = str(Path(run_dir) / restore.pop("from"))
     return Experiment(name=f"{exp.name}-{stage['name']}", dataset=stage.get("dataset", exp.dataset),
-                      rows=stage.get("rows"), features=stage.get("features"), replay=resolve_replay(stage.get("replay"), run_dir),
+                      rows=stage.get("rows"), features=stage.get("features"),
+                      replay=resolve_replay(stage.get("replay"), run_dir),
                       join=resolve_join(stage["join"], run_dir) if stage.get("join") else None,
                       model=stage["model"], params=dict(stage.get("params", {})), tasks=dict(stage.get("tasks", {})),
                       losses=dict(stage.get("losses", {})), optimizer=stage.get("optimizer", exp.optimizer),

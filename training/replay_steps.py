@@ -48,7 +48,7 @@ from tfrec_zoo.features.spec import MultiHotFeature, SequenceFeature, parse_spec
 
 from .replay import MECHANISMS, step_outcomes
 
-REPLAY_KEYS = {"scores", "keep", "outcome", "k", "seed", "choice_from"}
+REPLAY_KEYS = {"scores", "keep", "outcome", "k", "seed", "choice_from", "xlearner_from"}
 OUTCOMES = ("ndcg", "hit", "auc")
 
 
@@ -71,9 +71,12 @@ def check_replay(cfg: Any, where: str, fail) -> None:
         fail(f"{where}.keep", f"expected a non-empty list of the step's input features, got {keep!r}")
     if cfg.get("outcome", "ndcg") not in OUTCOMES:
         fail(f"{where}.outcome", f"{cfg.get('outcome')!r} is not one of {', '.join(OUTCOMES)}")
-    if "choice_from" in cfg and not isinstance(cfg["choice_from"], str):
-        fail(f"{where}.choice_from", f"expected the name of an earlier stage (the uplift model), got "
-             f"{cfg['choice_from']!r}")
+    for key in ("choice_from", "xlearner_from"):
+        if key in cfg and not isinstance(cfg[key], str):
+            fail(f"{where}.{key}", f"expected the name of an earlier stage (the uplift model), got {cfg[key]!r}")
+    if "choice_from" in cfg and "xlearner_from" in cfg:
+        fail(where, "both choice_from and xlearner_from are set",
+             "the controller's lists take choice_from, the X-learner's xlearner_from")
     for key in ("k", "seed"):
         v = cfg.get(key, 5 if key == "k" else 0)
         if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "k" else 0):
@@ -172,10 +175,10 @@ def replay_steps(parent: DatasetDir, cfg: dict, out_root: str | Path, *, where: 
                  log: Callable[[str], Any] = print) -> DatasetDir:
     """The step dataset of `parent` (module docstring), written on first use; with `choice_from` (a resolved
     run directory), the controller's dataset made from it (`choice_dataset`)."""
-    if cfg.get("choice_from"):
-        steps = replay_steps(parent, {k: v for k, v in cfg.items() if k != "choice_from"}, out_root, where=where,
-                             log=log)
-        return choice_dataset(steps, cfg["choice_from"], out_root, where=f"{where}.choice_from", log=log)
+    for key, make in (("choice_from", choice_dataset), ("xlearner_from", xlearner_dataset)):
+        if cfg.get(key):
+            steps = replay_steps(parent, {k: v for k, v in cfg.items() if k != key}, out_root, where=where, log=log)
+            return make(steps, cfg[key], out_root, where=f"{where}.{key}", log=log)
     spec = parent.spec
     columns = {f.name: f for f in spec.row_features}
     for key in ("user", "query"):
@@ -247,10 +250,7 @@ def choice_dataset(steps: DatasetDir, run: str | Path, out_root: str | Path, *, 
     if (out / "manifest.json").exists():
         return open_dataset(out)
     _, _, model = load_run(run, log=lambda *_: None)
-    missing = [m for m in mechs if m not in model.task_names]
-    if missing:
-        raise ValueError(f"{where}: {run}'s model has no task for {missing} (its tasks: {model.task_names}); name "
-                         "the uplift stage, whose tasks are the mechanisms")
+    estimates = _estimator(model, mechs, where, run)
     spec = parse_spec(choice_spec_dict(steps.spec, mechs), source=f"{steps.spec.source} (choice)")
     log(f"labelling {steps.path} with the choices of {run}'s estimates into {out}")
     tmp = staging.staging_dir(out)
@@ -260,10 +260,9 @@ def choice_dataset(steps: DatasetDir, run: str | Path, out_root: str | Path, *, 
         manifest = json.loads((steps.path / "manifest.json").read_text())
         shares = {}
         for split in list(manifest["splits"]):
-            frame = predictions(model, steps, split)
-            est = np.stack([np.asarray(frame[m], float) for m in mechs], 1)
+            est = estimates(predictions(model, steps, split))
             choice = np.argmax(est, 1)                   # the first of equal maxima: the cheaper mechanism
-            manifest["splits"][split] = _add_column(steps, split, "choice", choice, tmp, as_int=False)
+            manifest["splits"][split] = _add_columns(steps, split, {"choice": choice}, tmp)
             shares[split] = {m: float(np.mean(choice == i)) for i, m in enumerate(mechs)}
         (tmp / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
         manifest["spec_fingerprint"] = spec.fingerprint
@@ -280,15 +279,111 @@ def choice_dataset(steps: DatasetDir, run: str | Path, out_root: str | Path, *, 
     return open_dataset(out)
 
 
-def _add_column(data: DatasetDir, split: str, column: str, values: np.ndarray, root: Path, *, as_int: bool) -> dict:
-    """The split's records in file order with `column` (one value per record) added; its manifest entry."""
+def _estimator(model, mechs: list[str], where: str, run):
+    """frame of the model's predictions -> [N, mechanisms] scores whose argmax is the counterfactual label: a
+    T-learner's predicted outcomes (a task per mechanism), or an X-learner's uplift over the first mechanism (0 for
+    it, (tau_0 + tau_1) / 2 for each other: tasks effect_<m>_treated / _control)."""
+    tasks = set(model.task_names)
+    if set(mechs) <= tasks:
+        return lambda frame: np.stack([np.asarray(frame[m], float) for m in mechs], 1)
+    effects = [f"effect_{m}_{side}" for m in mechs[1:] for side in ("treated", "control")]
+    if set(effects) <= tasks:
+        return lambda frame: np.stack([np.zeros(len(frame[effects[0]]))] + [
+            0.5 * (np.asarray(frame[f"effect_{m}_treated"], float) + np.asarray(frame[f"effect_{m}_control"], float))
+            for m in mechs[1:]], 1)
+    raise ValueError(f"{where}: {run}'s model has neither a task per mechanism ({mechs}) nor an X-learner's "
+                     f"effect_* tasks (its tasks: {model.task_names}); name the uplift stage")
+
+
+def xlearner_spec_dict(step_spec, mechs: list[str]) -> dict:
+    """The X-learner's spec: outcomes as `input: false` columns, and per treatment m (each mechanism after the
+    first, the control) the labels effect_<m>_treated (masked to the lists m served) and effect_<m>_control
+    (masked to the lists the control served)."""
+    raw = choice_spec_dict(step_spec, mechs)
+    features = [d for d in raw["features"] if d["name"] != "choice"]
+    for m in mechs[1:]:
+        features.append({"name": f"effect_{m}_treated", "kind": "label", "task": f"effect_{m}_treated",
+                         "type": "regression", "mask": f"served_{m}",
+                         "doc": f"imputed effect outcome_{m} - mu_{mechs[0]}(x) where {m} served"})
+        features.append({"name": f"effect_{m}_control", "kind": "label", "task": f"effect_{m}_control",
+                         "type": "regression", "mask": f"served_{mechs[0]}",
+                         "doc": f"imputed effect mu_{m}(x) - outcome_{mechs[0]} where {mechs[0]} served"})
+    return {**raw, "name": f"{step_spec.name}-xlearner", "features": features}
+
+
+def xlearner_dataset(steps: DatasetDir, run: str | Path, out_root: str | Path, *, where: str = "xlearner_from",
+                     log: Callable[[str], Any] = print) -> DatasetDir:
+    """`steps` with the X-learner's second-stage targets (`replay.x_learner_targets`) from the run's T-learner
+    (a task per mechanism, trained on `steps`): the first mechanism is the control. Written once per steps dataset
+    and model."""
+    from .join import _model_identity
+    from .predict import predictions
+    from .replay import x_learner_targets
+    from .runs import load_run
+
+    run = Path(run)
+    if not (run / "model").exists():
+        raise FileNotFoundError(f"{where}: {run} holds no trained model (its stage has not finished?)")
+    mechs = [m for m in MECHANISMS if f"outcome_{m}" in {lab.name for lab in steps.spec.labels}]
+    key = {"steps": hashlib.sha256((steps.path / "manifest.json").read_bytes()).hexdigest(),
+           "model": _model_identity(run), "kind": "xlearner"}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    out = Path(out_root) / f"{steps.path.name}.xlearner-{digest}"
+    if (out / "manifest.json").exists():
+        return open_dataset(out)
+    _, _, model = load_run(run, log=lambda *_: None)
+    if not set(mechs) <= set(model.task_names):
+        raise ValueError(f"{where}: {run}'s model is no T-learner of these lists (tasks {model.task_names}, "
+                         f"mechanisms {mechs})")
+    spec = parse_spec(xlearner_spec_dict(steps.spec, mechs), source=f"{steps.spec.source} (xlearner)")
+    log(f"imputing the X-learner's effects on {steps.path} from {run} into {out}")
+    tmp = staging.staging_dir(out)
+    try:
+        import yaml
+
+        manifest = json.loads((steps.path / "manifest.json").read_text())
+        for split in list(manifest["splits"]):
+            frame = predictions(model, steps, split)
+            mu = np.stack([np.asarray(frame[m], float) for m in mechs], 1)
+            outcome, served = _outcomes_and_arms(steps, split, mechs)
+            observed = outcome[np.arange(len(served)), served]
+            columns = {}
+            for i, m in enumerate(mechs[1:], start=1):
+                t = x_learner_targets(observed, served, mu, treatment=i, control=0)
+                columns[f"effect_{m}_treated"], columns[f"effect_{m}_control"] = t["d_treated"], t["d_control"]
+            manifest["splits"][split] = _add_columns(steps, split, columns, tmp)
+        (tmp / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        manifest["spec_fingerprint"] = spec.fingerprint
+        manifest["extra"] = {**manifest.get("extra", {}), "xlearner": {"from": str(run), "control": mechs[0]}}
+        shutil.copytree(steps.path / ARTIFACTS_DIR, tmp / ARTIFACTS_DIR)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        staging.publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return open_dataset(out)
+
+
+def _outcomes_and_arms(steps: DatasetDir, split: str, mechs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """([N, mechanisms] outcomes, [N] index of the mechanism that served) of a steps split, in file order."""
+    outs, arms = [], []
+    for feats, labels, weights in steps.dataset(split, 4096, features=[f"served_{m}" for m in mechs]):
+        outs.append(np.stack([labels[m].numpy() for m in mechs], 1))
+        arms.append(np.argmax(np.stack([weights[m].numpy() for m in mechs], 1), 1))
+    return np.concatenate(outs), np.concatenate(arms)
+
+
+def _add_columns(data: DatasetDir, split: str, values: dict[str, np.ndarray], root: Path) -> dict:
+    """The split's records in file order with `values` ({column: one float per record}; labels are stored as
+    floats) added; its manifest entry."""
     import tensorflow as tf
 
     from tfrec_zoo.data.writer import write_records
 
     compression = data.manifest.get("compression", "GZIP")
-    if len(values) != data.rows(split):
-        raise ValueError(f"{data.path}: {split} has {data.rows(split)} rows but {len(values)} values for {column}")
+    for column, v in values.items():
+        if len(v) != data.rows(split):
+            raise ValueError(f"{data.path}: {split} has {data.rows(split)} rows but {len(v)} values for {column}")
     ds = tf.data.TFRecordDataset([str(f) for f in data.files(split)], compression_type=compression).batch(8192)
     pos = 0
 
@@ -298,10 +393,8 @@ def _add_column(data: DatasetDir, split: str, column: str, values: np.ndarray, r
             out = []
             for raw in batch.numpy():
                 ex = tf.train.Example.FromString(raw)
-                if as_int:
-                    ex.features.feature[column].int64_list.value.append(int(values[pos]))
-                else:
-                    ex.features.feature[column].float_list.value.append(float(values[pos]))
+                for column, v in values.items():
+                    ex.features.feature[column].float_list.value.append(float(v[pos]))
                 out.append(ex.SerializeToString())
                 pos += 1
             yield b"".join(out), np.concatenate([[0], np.cumsum([len(r) for r in out])]).tolist()

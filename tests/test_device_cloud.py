@@ -370,6 +370,35 @@ def test_pipeline_cloud_device_uplift_and_controller_on_the_replay(ml_sessions, 
     assert set(served.structured_outputs) == {"choice"}
     np.testing.assert_allclose(served(**{k: tf.constant(feats[k]) for k in controller.input_names})["choice"].numpy(),
                                probs, atol=1e-5)
+    # the on-device export: the on-device model and the controller as TFLite flatbuffers of built-in ops, the
+    # vocabulary lookups out of the graph; run with the app's lookup done from the exported vocabulary files
+    from training.exporting import export_tflite
+
+    for r, name, rows_feats, want in ((run / "device", "dev", batch, None), (run, "mc", feats, probs)):
+        out = export_tflite(r, name, tmp_path / "sm", parity_rows=64, batch=8, log=lambda *_: None)
+        report = json.loads((out / "report.json").read_text())
+        assert report["models"]["model.tflite"]["max_abs_diff"] <= 1e-5
+        assert report["models"]["model_dynamic_range.tflite"]["bytes"] < report["models"]["model.tflite"]["bytes"]
+        signature = json.loads((out / "signature.json").read_text())
+        _, _, m = load_run(r, log=lambda *_: None)
+        assert set(signature["inputs"]) == set(m.input_names)
+        rows = {}
+        for k in m.input_names:
+            info, v = signature["inputs"][k], np.asarray(rows_feats[k])
+            if "table" in info:        # the app's lookup: 1 + the id's line in the vocabulary file, else row 0
+                lines = (out / "vocab" / f"{info['table']}.txt").read_text().split("\n")[:-1]
+                where = {x: i for i, x in enumerate(lines)}
+                as_text = np.vectorize(lambda x: x.decode() if isinstance(x, bytes) else str(x), otypes=[object])(v)
+                v = np.vectorize(lambda x: info["oov_buckets"] + where[x] if x in where else 0, otypes=[np.int64])(
+                    as_text)
+            rows[k] = v[:16]
+        from tfrec_zoo.serving.tflite import run_tflite
+
+        got = run_tflite((out / "model.tflite").read_bytes(), rows)
+        ref = m.predict_on_batch({k: np.asarray(rows_feats[k])[:16] for k in m.input_names})
+        ref = ref if isinstance(ref, dict) else {m.task_names[0]: ref}
+        for k in ref:
+            np.testing.assert_allclose(got[k].reshape(np.shape(ref[k])), ref[k], atol=1e-5)
     # started again: every stage, join and the replay are reused, nothing trains
     again = train(parse_experiment(_uplift_pipeline(ml_sessions), "pipe.yaml"), run, verbose=0, log=lambda *_: None)
     assert again.finished_before
@@ -467,6 +496,18 @@ def test_replay_steps_carry_the_lists_context_and_name_what_cannot_be_carried(ml
 
     assert parse_spec(spec.to_dict()).fingerprint == spec.fingerprint
     assert spec["served_cloud"].input is False and spec["served_cloud"] in spec.row_features
+
+
+def test_a_tflite_conversion_that_needs_select_tf_ops_names_them():
+    from tfrec_zoo._tf import keras, tf
+    from tfrec_zoo.serving.tflite import TFLiteConversionError, convert
+
+    x = keras.Input((), dtype=tf.string, name="query")
+    model = keras.Model(x, keras.layers.Lambda(lambda s: tf.cast(tf.strings.length(s), tf.float32))(x))
+    with pytest.raises(TFLiteConversionError, match=r"TFLite's built-in ops cannot run StringLength .*Select-TF"):
+        convert(model)
+    with pytest.raises(ValueError, match="quantize: 'int4'"):
+        convert(model, "int4")
 
 
 def test_budget_smoothing_targets_by_hand():

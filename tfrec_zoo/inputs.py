@@ -13,6 +13,8 @@ from the `Artifacts` the caller passes in, so an exported model needs nothing el
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Any
 
 from ._tf import keras, tf
@@ -24,8 +26,23 @@ from .features.spec import (
 from .layers import DenseTransform, FrozenTable, LengthMask, MaskedPooling, PoolSteps
 
 
+_ROW_INDICES = contextvars.ContextVar("row_indices", default=False)
+
+
+@contextlib.contextmanager
+def row_index_inputs():
+    """Models built inside take every categorical input as row indices of its embedding table (int64) instead of
+    raw ids: the vocabulary lookup moves out of the graph, to the caller. The on-device variant a TFLite export
+    converts (TFLite's built-in ops have no hash tables); the weights are the same, in the same order."""
+    token = _ROW_INDICES.set(True)
+    try:
+        yield
+    finally:
+        _ROW_INDICES.reset(token)
+
+
 def _dtype(dtype: str):
-    return tf.int64 if dtype == "int64" else tf.string
+    return tf.int64 if dtype == "int64" or _ROW_INDICES.get() else tf.string
 
 
 def build_inputs(spec: FeatureSpec) -> dict[str, Any]:
@@ -59,6 +76,21 @@ def build_inputs(spec: FeatureSpec) -> dict[str, Any]:
     return inputs
 
 
+@keras.utils.register_keras_serializable("tfrec_zoo")
+class RowIndex(keras.layers.Layer):
+    """A row index given by the caller, clipped into the table ([0, rows)): the lookup of a row-index model."""
+
+    def __init__(self, rows: int, **kwargs):
+        super().__init__(**kwargs)
+        self.rows = int(rows)
+
+    def call(self, x):
+        return tf.clip_by_value(tf.cast(x, tf.int64), 0, self.rows - 1)
+
+    def get_config(self):
+        return {**super().get_config(), "rows": self.rows}
+
+
 def at_level(layer, level: int):
     """Mark `layer` with its freeze level (what `restore: {freeze_level: N}` freezes below N): 0 = lookups and
     embedding tables, 1 = the feature transforms right above them (normalisation, bucketing, pooling, masks,
@@ -89,7 +121,12 @@ class FeatureEmbeddings:
         if table not in self._lookups:
             cfg = self.spec.table_config(table)
             name = f"lookup_{table}"
-            if cfg.hash_buckets:
+            if _ROW_INDICES.get():
+                if cfg.hash_buckets:
+                    raise ValueError(f"{self.spec.source}: table {table!r} is hashed ({cfg.hash_buckets} buckets); a "
+                                     "row-index (on-device) model needs vocabularies the caller can look ids up in")
+                layer = RowIndex(self.artifacts.vocab_size(self.spec, table), name=name)
+            elif cfg.hash_buckets:
                 layer = keras.layers.Hashing(cfg.hash_buckets, name=name)
             else:
                 vocab = self.artifacts.vocabs[table]

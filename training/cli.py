@@ -12,6 +12,7 @@
                                                           batch predictions with the examples' keys
     tfrec-zoo tune EXP.yaml [--max-trials N] Keras Tuner search over the experiment's `tune:` block
     tfrec-zoo export RUN_DIR --name NAME    TF Serving SavedModel into saved_models/NAME/<version>/
+    tfrec-zoo export RUN_DIR --name NAME --format tflite   on-device: saved_models/NAME.tflite/ (built-in ops)
     tfrec-zoo serve [--model-base-dir saved_models] [--grpc-port 8500] [--rest-port 8501]   TF Serving APIs
     tfrec-zoo demo                          build ml-latest-small from seeds/, train DIN on it, print its metrics
 """
@@ -264,8 +265,11 @@ def _cmd_tune(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from training.exporting import export_run
+    from training.exporting import export_run, export_tflite
 
+    if args.format == "tflite":
+        export_tflite(args.run_dir, args.name, args.base_dir)
+        return 0
     # only the options given: each model has its own defaults and rejects options that do not apply to it
     options = {k: v for k, v in (("k", args.k), ("gsu", args.gsu), ("pq_subspaces", args.pq_subspaces),
                                  ("scann", False if args.no_scann else None),
@@ -401,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also sign serving_text / rank_text: text features sent as raw strings, encoded in the graph")
     ex.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="any export option the model declares (its `export_options`)")
+    ex.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model",
+                    help="tflite: the on-device export (NAME.tflite/: float32 and int8-weight flatbuffers of built-in "
+                         "ops, vocabularies, parity and latency report)")
     ex.add_argument("--no-scann", action="store_true",
                     help="retrieval models: skip NAME_topk_scann (it needs the ScaNN build of TF Serving)")
     ex.set_defaults(fn=_cmd_export)

@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from tfrec_zoo.data import DatasetDir, open_dataset
-from tfrec_zoo.data import staging
-from tfrec_zoo.features.artifacts import ARTIFACTS_DIR
+from tfrec_zoo.data.derived import with_columns, write_derived
 from tfrec_zoo.features.spec import SequenceFeature
 
 JOIN_KEYS = {"from", "output", "feed"}
@@ -151,55 +149,7 @@ def join_predictions(parent: DatasetDir, join: dict, out_root: str | Path, *, wh
         for split in parent.manifest["splits"]:
             frame = predictions(model, parent, split, feed=feed)
             columns.setdefault(split, {})[col] = np.asarray(frame[task], np.float32)
-    tmp = staging.staging_dir(out)
-    try:
-        manifest = json.loads((parent.path / "manifest.json").read_text())
-        for split in list(manifest["splits"]):
-            manifest["splits"][split] = _write_split(parent, split, columns[split], tmp)
-        spec = parent.spec.with_joined(list(join))
-        import yaml
-
-        (tmp / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-        manifest["spec_fingerprint"] = spec.fingerprint
-        manifest["extra"] = {**manifest.get("extra", {}), "joined": {
-            "parent": str(parent.path), "columns": {c: {**cfg} for c, cfg in join.items()}}}
-        shutil.copytree(parent.path / ARTIFACTS_DIR, tmp / ARTIFACTS_DIR)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        staging.publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return open_dataset(out)
-
-
-def _write_split(parent: DatasetDir, split: str, values: dict[str, np.ndarray], root: Path) -> dict:
-    """The split's records in file order with `values` ({column: one float per record}) added."""
-    import tensorflow as tf
-
-    from tfrec_zoo.data.writer import write_records
-
-    compression = parent.manifest.get("compression", "GZIP")
-    n = parent.rows(split)
-    for col, v in values.items():
-        if len(v) != n:
-            raise ValueError(f"{parent.path}: {split} has {n} rows but {len(v)} predictions for {col}")
-    ds = tf.data.TFRecordDataset([str(f) for f in parent.files(split)], compression_type=compression).batch(8192)
-    pos = 0
-
-    def chunks():
-        nonlocal pos
-        for batch in ds:
-            out = []
-            for raw in batch.numpy():
-                ex = tf.train.Example.FromString(raw)
-                for col, v in values.items():
-                    ex.features.feature[col].float_list.value.append(float(v[pos]))
-                out.append(ex.SerializeToString())
-                pos += 1
-            yield b"".join(out), np.concatenate([[0], np.cumsum([len(r) for r in out])]).tolist()
-
-    suffix = ".gz" if compression == "GZIP" else ""
-    rel = f"{split}/part-00000-of-00001.tfrecord{suffix}"
-    (root / split).mkdir(parents=True, exist_ok=True)
-    write_records(root / rel, chunks(), compression)
-    return {"rows": pos, "shards": [{"file": rel, "rows": pos}]}
+    spec = parent.spec.with_joined(list(join))
+    extra = {"joined": {"parent": str(parent.path), "columns": {c: {**cfg} for c, cfg in join.items()}}}
+    return write_derived(parent, out, spec, extra,
+                         lambda split, root: with_columns(parent, split, columns[split], root))

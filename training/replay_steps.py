@@ -36,14 +36,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from tfrec_zoo.data import DatasetDir, open_dataset, staging
-from tfrec_zoo.features.artifacts import ARTIFACTS_DIR
+from tfrec_zoo.data import DatasetDir, open_dataset
+from tfrec_zoo.data.derived import with_columns, write_derived, write_split_records
 from tfrec_zoo.features.spec import MultiHotFeature, SequenceFeature, parse_spec
 
 from .replay import MECHANISMS, step_outcomes
@@ -205,38 +204,26 @@ def replay_steps(parent: DatasetDir, cfg: dict, out_root: str | Path, *, where: 
         return open_dataset(out)
     step_spec = parse_spec(step_spec_dict(spec, cfg), source=f"{spec.source} ({where})")
     log(f"writing one example per list of {parent.path} into {out}")
-    tmp = staging.staging_dir(out)
-    try:
-        import yaml
+    counts: dict[str, dict] = {}
+    splits = list(parent.manifest["splits"])
 
-        manifest = json.loads((parent.path / "manifest.json").read_text())
-        counts = {}
-        for i, split in enumerate(list(manifest["splits"])):
-            manifest["splits"][split], counts[split] = _write_split(parent, split, cfg, binary[0].name, tmp,
-                                                                    seed=(int(cfg.get("seed", 0)), i), where=where)
-        (tmp / "spec.yaml").write_text(yaml.safe_dump(step_spec.to_dict(), sort_keys=False))
-        manifest["spec_fingerprint"] = step_spec.fingerprint
-        manifest["extra"] = {**manifest.get("extra", {}), "replay": {"parent": str(parent.path), "config": cfg,
-                                                                     "outcomes": counts}}
-        shutil.copytree(parent.path / ARTIFACTS_DIR, tmp / ARTIFACTS_DIR)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        staging.publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    def write_split(split: str, root: Path) -> dict:
+        entry, counts[split] = _write_split(parent, split, cfg, binary[0].name, root,
+                                            seed=(int(cfg.get("seed", 0)), splits.index(split)), where=where)
+        return entry
+
+    # `counts` fills while the splits are written, before the manifest is
+    data = write_derived(parent, out, step_spec, {"replay": {"parent": str(parent.path), "config": cfg,
+                                                             "outcomes": counts}}, write_split)
     for split, c in counts.items():
         log(f"  {split}: {c['steps']:,} lists; mean outcome " + ", ".join(f"{m} {v:.4f}" for m, v in c["mean"].items()))
-    return open_dataset(out)
+    return data
 
 
-def choice_dataset(steps: DatasetDir, run: str | Path, out_root: str | Path, *, where: str = "choice_from",
-                   log: Callable[[str], Any] = print) -> DatasetDir:
-    """`steps` with the counterfactual label `choice` of every example: the run's model (an uplift model with a
-    task per mechanism, trained on `steps`) predicts each mechanism's outcome, and the label is the mechanism of
-    the largest prediction, ties to the cheaper (`counterfactual_label`: the largest estimated uplift over the
-    cloud ranking). The outcome labels become `input: false` columns. Written once per steps dataset and model."""
+def _labelled_by(steps: DatasetDir, run: str | Path, kind: str, out_root: str | Path, where: str):
+    """(out dir, the run's model or None when `out` is written already, the mechanisms) of a dataset made from
+    `steps` with the predictions of the run's model (fingerprint: the steps' manifest and the model's weights)."""
     from .join import _model_identity
-    from .predict import predictions
     from .runs import load_run
 
     run = Path(run)
@@ -244,39 +231,40 @@ def choice_dataset(steps: DatasetDir, run: str | Path, out_root: str | Path, *, 
         raise FileNotFoundError(f"{where}: {run} holds no trained model (its stage has not finished?)")
     mechs = [m for m in MECHANISMS if f"outcome_{m}" in {lab.name for lab in steps.spec.labels}]
     key = {"steps": hashlib.sha256((steps.path / "manifest.json").read_bytes()).hexdigest(),
-           "model": _model_identity(run)}
+           "model": _model_identity(run), "kind": kind}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    out = Path(out_root) / f"{steps.path.name}.choice-{digest}"
+    out = Path(out_root) / f"{steps.path.name}.{kind}-{digest}"
     if (out / "manifest.json").exists():
+        return out, None, mechs
+    return out, load_run(run, log=lambda *_: None)[2], mechs
+
+
+def choice_dataset(steps: DatasetDir, run: str | Path, out_root: str | Path, *, where: str = "choice_from",
+                   log: Callable[[str], Any] = print) -> DatasetDir:
+    """`steps` with the counterfactual label `choice` of every example: the run's model (an uplift model trained
+    on `steps`: a T-learner's task per mechanism, or an X-learner's effects) estimates each mechanism's outcome or
+    uplift, and the label is the mechanism of the largest estimate, ties to the cheaper (`counterfactual_label`).
+    The outcome labels become `input: false` columns. Written once per steps dataset and model."""
+    from .predict import predictions
+
+    out, model, mechs = _labelled_by(steps, run, "choice", out_root, where)
+    if model is None:
         return open_dataset(out)
-    _, _, model = load_run(run, log=lambda *_: None)
     estimates = _estimator(model, mechs, where, run)
     spec = parse_spec(choice_spec_dict(steps.spec, mechs), source=f"{steps.spec.source} (choice)")
     log(f"labelling {steps.path} with the choices of {run}'s estimates into {out}")
-    tmp = staging.staging_dir(out)
-    try:
-        import yaml
+    shares = {}
 
-        manifest = json.loads((steps.path / "manifest.json").read_text())
-        shares = {}
-        for split in list(manifest["splits"]):
-            est = estimates(predictions(model, steps, split))
-            choice = np.argmax(est, 1)                   # the first of equal maxima: the cheaper mechanism
-            manifest["splits"][split] = _add_columns(steps, split, {"choice": choice}, tmp)
-            shares[split] = {m: float(np.mean(choice == i)) for i, m in enumerate(mechs)}
-        (tmp / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-        manifest["spec_fingerprint"] = spec.fingerprint
-        manifest["extra"] = {**manifest.get("extra", {}), "choice": {"from": str(run), "classes": mechs,
-                                                                      "shares": shares}}
-        shutil.copytree(steps.path / ARTIFACTS_DIR, tmp / ARTIFACTS_DIR)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        staging.publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    def write_split(split: str, root: Path) -> dict:
+        choice = np.argmax(estimates(predictions(model, steps, split)), 1)   # first of equal maxima: the cheaper
+        shares[split] = {m: float(np.mean(choice == i)) for i, m in enumerate(mechs)}
+        return with_columns(steps, split, {"choice": choice}, root)
+
+    data = write_derived(steps, out, spec, {"choice": {"from": str(run), "classes": mechs, "shares": shares}},
+                         write_split)
     for split, sh in shares.items():
         log(f"  {split}: choices " + ", ".join(f"{m} {v:.1%}" for m, v in sh.items()))
-    return open_dataset(out)
+    return data
 
 
 def _estimator(model, mechs: list[str], where: str, run):
@@ -316,52 +304,30 @@ def xlearner_dataset(steps: DatasetDir, run: str | Path, out_root: str | Path, *
     """`steps` with the X-learner's second-stage targets (`replay.x_learner_targets`) from the run's T-learner
     (a task per mechanism, trained on `steps`): the first mechanism is the control. Written once per steps dataset
     and model."""
-    from .join import _model_identity
     from .predict import predictions
     from .replay import x_learner_targets
-    from .runs import load_run
 
-    run = Path(run)
-    if not (run / "model").exists():
-        raise FileNotFoundError(f"{where}: {run} holds no trained model (its stage has not finished?)")
-    mechs = [m for m in MECHANISMS if f"outcome_{m}" in {lab.name for lab in steps.spec.labels}]
-    key = {"steps": hashlib.sha256((steps.path / "manifest.json").read_bytes()).hexdigest(),
-           "model": _model_identity(run), "kind": "xlearner"}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    out = Path(out_root) / f"{steps.path.name}.xlearner-{digest}"
-    if (out / "manifest.json").exists():
+    out, model, mechs = _labelled_by(steps, run, "xlearner", out_root, where)
+    if model is None:
         return open_dataset(out)
-    _, _, model = load_run(run, log=lambda *_: None)
     if not set(mechs) <= set(model.task_names):
         raise ValueError(f"{where}: {run}'s model is no T-learner of these lists (tasks {model.task_names}, "
                          f"mechanisms {mechs})")
     spec = parse_spec(xlearner_spec_dict(steps.spec, mechs), source=f"{steps.spec.source} (xlearner)")
     log(f"imputing the X-learner's effects on {steps.path} from {run} into {out}")
-    tmp = staging.staging_dir(out)
-    try:
-        import yaml
 
-        manifest = json.loads((steps.path / "manifest.json").read_text())
-        for split in list(manifest["splits"]):
-            frame = predictions(model, steps, split)
-            mu = np.stack([np.asarray(frame[m], float) for m in mechs], 1)
-            outcome, served = _outcomes_and_arms(steps, split, mechs)
-            observed = outcome[np.arange(len(served)), served]
-            columns = {}
-            for i, m in enumerate(mechs[1:], start=1):
-                t = x_learner_targets(observed, served, mu, treatment=i, control=0)
-                columns[f"effect_{m}_treated"], columns[f"effect_{m}_control"] = t["d_treated"], t["d_control"]
-            manifest["splits"][split] = _add_columns(steps, split, columns, tmp)
-        (tmp / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-        manifest["spec_fingerprint"] = spec.fingerprint
-        manifest["extra"] = {**manifest.get("extra", {}), "xlearner": {"from": str(run), "control": mechs[0]}}
-        shutil.copytree(steps.path / ARTIFACTS_DIR, tmp / ARTIFACTS_DIR)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        staging.publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return open_dataset(out)
+    def write_split(split: str, root: Path) -> dict:
+        frame = predictions(model, steps, split)
+        mu = np.stack([np.asarray(frame[m], float) for m in mechs], 1)
+        outcome, served = _outcomes_and_arms(steps, split, mechs)
+        observed = outcome[np.arange(len(served)), served]
+        columns = {}
+        for i, m in enumerate(mechs[1:], start=1):
+            t = x_learner_targets(observed, served, mu, treatment=i, control=0)
+            columns[f"effect_{m}_treated"], columns[f"effect_{m}_control"] = t["d_treated"], t["d_control"]
+        return with_columns(steps, split, columns, root)
+
+    return write_derived(steps, out, spec, {"xlearner": {"from": str(run), "control": mechs[0]}}, write_split)
 
 
 def _outcomes_and_arms(steps: DatasetDir, split: str, mechs: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -373,45 +339,10 @@ def _outcomes_and_arms(steps: DatasetDir, split: str, mechs: list[str]) -> tuple
     return np.concatenate(outs), np.concatenate(arms)
 
 
-def _add_columns(data: DatasetDir, split: str, values: dict[str, np.ndarray], root: Path) -> dict:
-    """The split's records in file order with `values` ({column: one float per record}; labels are stored as
-    floats) added; its manifest entry."""
-    import tensorflow as tf
-
-    from tfrec_zoo.data.writer import write_records
-
-    compression = data.manifest.get("compression", "GZIP")
-    for column, v in values.items():
-        if len(v) != data.rows(split):
-            raise ValueError(f"{data.path}: {split} has {data.rows(split)} rows but {len(v)} values for {column}")
-    ds = tf.data.TFRecordDataset([str(f) for f in data.files(split)], compression_type=compression).batch(8192)
-    pos = 0
-
-    def chunks():
-        nonlocal pos
-        for batch in ds:
-            out = []
-            for raw in batch.numpy():
-                ex = tf.train.Example.FromString(raw)
-                for column, v in values.items():
-                    ex.features.feature[column].float_list.value.append(float(v[pos]))
-                out.append(ex.SerializeToString())
-                pos += 1
-            yield b"".join(out), np.concatenate([[0], np.cumsum([len(r) for r in out])]).tolist()
-
-    suffix = ".gz" if compression == "GZIP" else ""
-    rel = f"{split}/part-00000-of-00001.tfrecord{suffix}"
-    (root / split).mkdir(parents=True, exist_ok=True)
-    write_records(root / rel, chunks(), compression)
-    return {"rows": pos, "shards": [{"file": rel, "rows": pos}]}
-
-
 def _write_split(parent: DatasetDir, split: str, cfg: dict, label: str, root: Path, *, seed, where: str):
     """(manifest entry, {steps, mean outcome per mechanism}) of one split."""
     import pandas as pd
     import tensorflow as tf
-
-    from tfrec_zoo.data.writer import write_records
 
     spec = parent.spec
     user, step = spec.keys["user"], spec.keys["query"]
@@ -466,9 +397,6 @@ def _write_split(parent: DatasetDir, split: str, cfg: dict, label: str, root: Pa
                 out.append(ex.SerializeToString())
             yield b"".join(out), np.concatenate([[0], np.cumsum([len(r) for r in out])]).tolist()
 
-    suffix = ".gz" if compression == "GZIP" else ""
-    rel = f"{split}/part-00000-of-00001.tfrecord{suffix}"
-    (root / split).mkdir(parents=True, exist_ok=True)
-    write_records(root / rel, chunks(), compression)
     mean = {m: float(np.nanmean(outcomes[f"O_{m}"])) for m in mechs}
-    return {"rows": len(first), "shards": [{"file": rel, "rows": len(first)}]}, {"steps": len(first), "mean": mean}
+    entry = write_split_records(root, split, compression, chunks, lambda: len(first))
+    return entry, {"steps": len(first), "mean": mean}

@@ -172,6 +172,9 @@ def export_tflite(run_dir: str | Path, name: str, base_dir: str | Path = "saved_
     from tfrec_zoo.serving.tflite import caller_rows, convert, latency_ms, row_index_model, run_tflite
 
     exp, data, model = load_run(run_dir, log)
+    if model.export_kind != "ranking":
+        raise ValueError(f"{run_dir}: --format tflite exports a model that scores examples (the on-device model, the "
+                         f"controller); {exp.model} is a {model.export_kind} model: export it for TF Serving")
     rows_model = row_index_model(model, data.artifacts, exp.params)
     flats = {"model.tflite": convert(rows_model), "model_dynamic_range.tflite": convert(rows_model, "dynamic_range")}
     feats = next(iter(data.dataset(split, parity_rows, features=list(model.input_names))))[0]

@@ -23,7 +23,7 @@ import tensorflow_recommenders as tfrs
 
 from .._tf import keras, tf
 from ..inputs import FeatureEmbeddings, build_inputs
-from ..layers import TargetAttention, ValidSteps
+from ..layers import MaskedPooling, TargetAttention, ValidSteps
 from . import register_model
 from .common import concat, embed_fields, functional_model, heads, mlp, pooled_sequences
 
@@ -110,7 +110,7 @@ def meta_controller(spec, artifacts, cfg: MetaControllerConfig):
     ids = [sf.name for sf in spec[history].fields if sf.kind == "id"]
     keys = concat([emb.id(k, {k: ValidSteps(name=f"valid_{k}")([inputs[k], mask])}) for k in ids], "mc_keys")
     padded = concat([emb.id(k, inputs) for k in ids], "mc_padded")
-    query = MaskedMean(name="mc_pseudo_candidate")([padded, mask])
+    query = MaskedPooling("mean", name="mc_pseudo_candidate")([padded, mask])
     interest = TargetAttention(cfg.attention_units, "sigmoid", "softmax", name="mc_attention")([query, keys, mask])
     others = embed_fields(spec, emb, inputs).all() + pooled_sequences(spec, emb, inputs, exclude=(history,))
     hidden = mlp(concat(others + [query, interest], "mc_concat"), cfg.dnn_units, dropout=cfg.dropout, name="mc")
@@ -118,12 +118,3 @@ def meta_controller(spec, artifacts, cfg: MetaControllerConfig):
     return functional_model(inputs, outputs, "meta_controller", spec, logits=logits,
                             tasks={labels[0].task: controller_task(labels[0], cfg)})
 
-
-@keras.utils.register_keras_serializable("tfrec_zoo")
-class MaskedMean(keras.layers.Layer):
-    """The mean of a sequence's valid steps ([B, L, D], mask [B, L] -> [B, D]); 0 for an empty sequence."""
-
-    def call(self, inputs):
-        x, mask = inputs
-        m = tf.cast(mask, x.dtype)[..., None]
-        return tf.reduce_sum(x * m, 1) / tf.maximum(tf.reduce_sum(m, 1), 1.0)
